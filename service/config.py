@@ -1,0 +1,58 @@
+"""One typed settings object, read from the environment (prefix FACEBANK_) and validated at start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "facebank"
+
+
+def _user_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "facebank"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEBANK_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(default_factory=_user_data_dir, description="SQLite file and other local state.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default is a SQLite file in data_dir."
+    )
+    model_dir: Path = Field(default_factory=_user_cache_dir, description="Prepared ONNX models + manifest.")
+    detector: str = "retinaface-mnet025"
+    embedder: str = "mobilefacenet"
+    device: Literal["auto", "cpu", "cuda"] = "cpu"
+    intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it decide.")
+
+    detect_max_side: int = Field(default=640, ge=64, le=4096)
+    det_score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_face_size: int = Field(default=0, ge=0, description="Faces with a shorter box side are ignored.")
+    max_faces: int = Field(default=64, ge=1, description="Faces per photo beyond this are dropped.")
+
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=10_000)
+    default_top_k: int = Field(default=5, ge=1, le=100)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "info"
+
+    @field_validator("data_dir", "model_dir", mode="after")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'facebank.db'}"

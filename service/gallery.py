@@ -1,0 +1,116 @@
+"""The gallery: SQL rows are the truth, the vector index is a cache rebuilt from them.
+
+Writes commit to SQL first and then touch the index, so a crash between the two leaves SQL right
+and the next start rebuilds the index. Reads filter out keys whose rows are already gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from service.index import VectorIndex
+from service.schemas import Match
+from service.storage import repository as repo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexAudit:
+    sql_faces: int
+    index_faces: int
+    missing_from_index: int
+    stale_in_index: int
+
+    @property
+    def in_step(self) -> bool:
+        return self.missing_from_index == 0 and self.stale_in_index == 0
+
+
+class Gallery:
+    """Maps index keys to identities and ranks identities by their best face."""
+
+    def __init__(self, index: VectorIndex, session_factory: Callable[[], Session], model_tag: str) -> None:
+        self.index = index
+        self.model_tag = model_tag
+        self._sessions = session_factory
+        self._owner: dict[int, uuid.UUID] = {}
+        self._lock = threading.Lock()
+
+    def rebuild(self) -> int:
+        """Reload every embedding of the active model from SQL; returns the number of faces."""
+        owners: dict[int, uuid.UUID] = {}
+        with self._lock:
+            self.index.reset()
+            with self._sessions() as session:
+                for keys, vectors, identity_ids in repo.iter_embeddings(session, model=self.model_tag):
+                    self.index.add(keys, vectors)
+                    owners.update(zip(keys.tolist(), identity_ids, strict=True))
+            self._owner = owners
+        log.info("index rebuilt from SQL: %d faces of model %s", len(owners), self.model_tag)
+        return len(owners)
+
+    def added(self, key: int, identity_id: uuid.UUID, embedding: np.ndarray) -> None:
+        """Record a face already committed to SQL."""
+        with self._lock:
+            self.index.add(np.array([key]), embedding[None, :])
+            self._owner[key] = identity_id
+
+    def removed(self, keys: Sequence[int]) -> None:
+        """Forget faces already deleted from SQL."""
+        with self._lock:
+            self.index.remove(np.asarray(keys, dtype=np.int64))
+            for key in keys:
+                self._owner.pop(key, None)
+
+    def identify(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
+        """Top-k identities per query, each scored by its best face."""
+        ranked: list[list[tuple[uuid.UUID, float]]] = []
+        for query in np.asarray(embeddings, np.float32).reshape(-1, self.index.dim):
+            ranked.append(self._rank_identities(query, k))
+        wanted = {identity for row in ranked for identity, _ in row}
+        if not wanted:
+            return [[] for _ in ranked]
+        with self._sessions() as session:
+            names = repo.identity_names(session, identity_ids=list(wanted))
+        # An identity deleted after the search is dropped rather than reported by a stale name.
+        return [
+            [Match(identity_id=i, name=names[i], score=s) for i, s in row if i in names][:k] for row in ranked
+        ]
+
+    def _rank_identities(self, query: np.ndarray, k: int) -> list[tuple[uuid.UUID, float]]:
+        total = len(self.index)
+        depth = min(total, max(4 * k, 32))
+        while depth > 0:
+            result = self.index.search(query[None, :], depth)
+            best: dict[uuid.UUID, float] = {}
+            with self._lock:
+                for key, score in zip(result.ids[0].tolist(), result.scores[0].tolist(), strict=True):
+                    owner = self._owner.get(key)
+                    if owner is not None and owner not in best:
+                        best[owner] = float(score)
+            # Many faces of one person can crowd the top; search deeper until k people are found.
+            if len(best) >= k or depth >= total:
+                return sorted(best.items(), key=lambda item: -item[1])[:k]
+            depth = min(total, depth * 4)
+        return []
+
+    def audit(self) -> IndexAudit:
+        with self._sessions() as session:
+            sql_keys = set()
+            for keys, _, _ in repo.iter_embeddings(session, model=self.model_tag):
+                sql_keys.update(keys.tolist())
+        index_keys = set(self.index.ids().tolist())
+        return IndexAudit(
+            sql_faces=len(sql_keys),
+            index_faces=len(index_keys),
+            missing_from_index=len(sql_keys - index_keys),
+            stale_in_index=len(index_keys - sql_keys),
+        )

@@ -1,0 +1,96 @@
+"""decode → detect → align → embed, and the one function that chains them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from service.pipeline.align import align_face
+from service.pipeline.decode import ImageDecodeError, decode_image
+from service.pipeline.detect import Detector, DetectorConfig
+from service.pipeline.embed import Embedder, EmbedderConfig, l2_normalize
+from service.schemas import DetectedFace, EmbeddedFace
+
+__all__ = [
+    "Detector",
+    "DetectorConfig",
+    "Embedder",
+    "EmbedderConfig",
+    "FacePipeline",
+    "ImageDecodeError",
+    "StageTimes",
+    "decode_image",
+    "l2_normalize",
+]
+
+
+@dataclass
+class StageTimes:
+    """Wall time per stage in seconds, for metrics and benchmarks."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionLimits:
+    max_side: int
+    score_threshold: float | None
+    min_face_size: float
+    max_faces: int
+
+
+class FacePipeline:
+    """Detect every face of an image, align each, embed them all in one batch."""
+
+    def __init__(self, detector: Detector, embedder: Embedder, limits: DetectionLimits) -> None:
+        self.detector = detector
+        self.embedder = embedder
+        self.limits = limits
+
+    def detect(self, image: Image.Image, times: StageTimes | None = None) -> list[DetectedFace]:
+        times = times or StageTimes()
+        with times.stage("detect"):
+            return self.detector.detect(
+                image,
+                max_side=self.limits.max_side,
+                score_threshold=self.limits.score_threshold,
+                min_face_size=self.limits.min_face_size,
+                max_faces=self.limits.max_faces,
+            )
+
+    def align(
+        self, image: Image.Image, faces: list[DetectedFace], times: StageTimes | None = None
+    ) -> np.ndarray:
+        cfg = self.embedder.config
+        times = times or StageTimes()
+        with times.stage("align"):
+            if not faces:
+                return np.zeros((0, cfg.input_size[1], cfg.input_size[0], 3), np.uint8)
+            return np.stack([align_face(image, f.landmarks, cfg.template, cfg.input_size) for f in faces])
+
+    def embed_faces(
+        self, image: Image.Image, faces: list[DetectedFace], times: StageTimes | None = None
+    ) -> list[EmbeddedFace]:
+        times = times or StageTimes()
+        crops = self.align(image, faces, times)
+        with times.stage("embed"):
+            vectors = self.embedder.embed(crops)
+        return [EmbeddedFace(face=f, embedding=v) for f, v in zip(faces, vectors, strict=True)]
+
+    def analyze(self, image: Image.Image, times: StageTimes | None = None) -> list[EmbeddedFace]:
+        """All faces of the image with their embeddings, best detection score first."""
+        times = times or StageTimes()
+        return self.embed_faces(image, self.detect(image, times), times)

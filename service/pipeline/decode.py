@@ -1,0 +1,72 @@
+"""Decode uploaded bytes once, at the edge: sniff the format, apply EXIF orientation, return RGB."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Formats a camera, phone or browser produces; anything else is refused before decoding.
+ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO"})
+
+
+class ImageDecodeError(ValueError):
+    """The upload is not an image we can use; `code` is the API error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """Bytes → RGB PIL image with EXIF orientation applied (first frame of animations)."""
+    if not data:
+        raise ImageDecodeError("invalid_image", "the uploaded file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
+            if image.width * image.height > max_pixels:
+                raise ImageDecodeError(
+                    "image_too_large",
+                    f"image is {image.width}x{image.height} pixels; the limit is {max_pixels} pixels",
+                )
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+            return _to_rgb(image)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("image_too_large", f"image exceeds the pixel limit: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            "invalid_image", "the file is not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF)"
+        ) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError("invalid_image", f"the image could not be decoded: {exc}") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # Pillow clips 16-bit samples when converting; rescale to 8 bits instead.
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        span = max(float(array.max() - array.min()), 1e-12)
+        image = Image.fromarray(((array - array.min()) * (255.0 / span)).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels become white rather than whatever colour they happen to hide.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def image_to_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.uint8)

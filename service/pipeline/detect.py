@@ -1,0 +1,137 @@
+"""RetinaFace detection: resize, run the network, decode prior boxes, non-maximum suppression."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from service.schemas import DetectedFace
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorConfig:
+    min_sizes: tuple[tuple[int, ...], ...]
+    steps: tuple[int, ...]
+    variances: tuple[float, float]
+    mean: tuple[float, float, float]  # pixel units, in channel_order
+    std: tuple[float, float, float]
+    channel_order: str  # "RGB" or "BGR"
+    score_threshold: float = 0.5
+    nms_threshold: float = 0.4
+    max_side: int = 640
+
+
+class OnnxSession(Protocol):
+    def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+@lru_cache(maxsize=64)
+def prior_boxes(
+    height: int, width: int, *, min_sizes: tuple[tuple[int, ...], ...], steps: tuple[int, ...]
+) -> np.ndarray:
+    """Anchors (P, 4) as normalised cx, cy, w, h; level by level, row-major, anchors innermost."""
+    levels = []
+    for sizes, step in zip(min_sizes, steps, strict=True):
+        rows, cols = math.ceil(height / step), math.ceil(width / step)
+        cy, cx = np.meshgrid(
+            (np.arange(rows) + 0.5) * step / height, (np.arange(cols) + 0.5) * step / width, indexing="ij"
+        )
+        per_size = [
+            np.stack([cx, cy, np.full_like(cx, size / width), np.full_like(cy, size / height)], axis=-1)
+            for size in sizes
+        ]
+        levels.append(np.stack(per_size, axis=2).reshape(-1, 4))
+    priors = np.concatenate(levels).astype(np.float32)
+    priors.setflags(write=False)
+    return priors
+
+
+def decode_boxes(loc: np.ndarray, priors: np.ndarray, variances: tuple[float, float]) -> np.ndarray:
+    """Regression offsets (P, 4) → normalised x1, y1, x2, y2."""
+    centres = priors[:, :2] + loc[:, :2] * variances[0] * priors[:, 2:]
+    sizes = priors[:, 2:] * np.exp(loc[:, 2:] * variances[1])
+    return np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1)
+
+
+def decode_landmarks(landms: np.ndarray, priors: np.ndarray, variances: tuple[float, float]) -> np.ndarray:
+    """Offsets (P, 10) → normalised x, y of 5 points, interleaved (P, 10)."""
+    points = landms.reshape(-1, 5, 2)
+    decoded = priors[:, None, :2] + points * variances[0] * priors[:, None, 2:]
+    return decoded.reshape(-1, 10)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression; returns kept indices, best score first."""
+    x1, y1, x2, y2 = boxes.T
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(int(best))
+        inter_w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
+        inter_h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
+        inter = inter_w * inter_h
+        iou = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-12)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+class Detector:
+    """Runs a RetinaFace ONNX graph (inputs `input`; outputs loc, conf, landms)."""
+
+    def __init__(self, session: OnnxSession, config: DetectorConfig) -> None:
+        self._session = session
+        self.config = config
+
+    def _prepare(self, image: Image.Image, max_side: int) -> tuple[np.ndarray, float]:
+        scale = min(1.0, max_side / max(image.width, image.height))
+        if scale < 1.0:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.float32)
+        if self.config.channel_order == "BGR":
+            pixels = pixels[..., ::-1]
+        pixels = (pixels - np.asarray(self.config.mean, np.float32)) / np.asarray(self.config.std, np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]), scale
+
+    def detect(
+        self,
+        image: Image.Image,
+        *,
+        max_side: int | None = None,
+        score_threshold: float | None = None,
+        min_face_size: float = 0.0,
+        max_faces: int | None = None,
+    ) -> list[DetectedFace]:
+        """Faces in `image`, best score first, in the image's pixel coordinates."""
+        cfg = self.config
+        tensor, scale = self._prepare(image, max_side or cfg.max_side)
+        loc, conf, landms = self._session.run(["loc", "conf", "landms"], {"input": tensor})
+        height, width = tensor.shape[2:]
+        threshold = cfg.score_threshold if score_threshold is None else score_threshold
+        scores = conf[0, :, 1]
+        candidates = np.flatnonzero(scores >= threshold)
+        if candidates.size == 0:
+            return []
+        priors = prior_boxes(height, width, min_sizes=cfg.min_sizes, steps=cfg.steps)[candidates]
+        to_pixels = np.array([width, height], np.float32) / scale
+        boxes = decode_boxes(loc[0, candidates], priors, cfg.variances) * np.tile(to_pixels, 2)
+        points = decode_landmarks(landms[0, candidates], priors, cfg.variances) * np.tile(to_pixels, 5)
+        kept = nms(boxes, scores[candidates], cfg.nms_threshold)
+        faces = []
+        for i in kept:
+            box = np.clip(boxes[i], 0, [image.width, image.height, image.width, image.height])
+            face = DetectedFace(
+                bbox=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                score=float(scores[candidates[i]]),
+                landmarks=points[i].reshape(5, 2).astype(np.float32),
+            )
+            if min(face.width, face.height) >= min_face_size:
+                faces.append(face)
+        return faces[:max_faces] if max_faces else faces

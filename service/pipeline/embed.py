@@ -1,0 +1,53 @@
+"""Embed aligned crops with the ONNX embedder and L2-normalise the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.pipeline.detect import OnnxSession
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedderConfig:
+    input_size: tuple[int, int]  # width, height
+    dim: int
+    template: np.ndarray  # (5, 2) landmark positions in the input crop
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    channel_order: str
+    threshold: float
+    max_batch: int = 64
+
+
+def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, eps)
+
+
+class Embedder:
+    """Runs an embedding ONNX graph (input `input` N×3×H×W; output `embedding` N×dim)."""
+
+    def __init__(self, session: OnnxSession, config: EmbedderConfig) -> None:
+        self._session = session
+        self.config = config
+
+    def preprocess(self, crops: np.ndarray) -> np.ndarray:
+        pixels = crops.astype(np.float32)
+        if self.config.channel_order == "BGR":
+            pixels = pixels[..., ::-1]
+        pixels = (pixels - np.asarray(self.config.mean, np.float32)) / np.asarray(self.config.std, np.float32)
+        return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB crops → (N, dim) unit vectors, in chunks of max_batch."""
+        if len(crops) == 0:
+            return np.zeros((0, self.config.dim), np.float32)
+        outputs = []
+        for start in range(0, len(crops), self.config.max_batch):
+            batch = self.preprocess(crops[start : start + self.config.max_batch])
+            (embedding,) = self._session.run(["embedding"], {"input": batch})
+            outputs.append(embedding)
+        return l2_normalize(np.concatenate(outputs))
