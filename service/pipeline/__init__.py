@@ -17,6 +17,7 @@ from service.pipeline.embed import Embedder, EmbedderConfig, l2_normalize
 from service.schemas import DetectedFace, EmbeddedFace
 
 __all__ = [
+    "DetectionLimits",
     "Detector",
     "DetectorConfig",
     "Embedder",

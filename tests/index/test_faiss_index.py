@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from service.index import FaissFlatIndex
+from service.pipeline.embed import l2_normalize
+
+
+def _vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
+    return l2_normalize(np.random.default_rng(seed).normal(size=(n, dim)))
+
+
+def test_search_finds_each_vector_as_its_own_best_match_by_id() -> None:
+    index = FaissFlatIndex(16)
+    vectors = _vectors(50)
+    ids = np.arange(1000, 1050)
+    index.add(ids, vectors)
+    result = index.search(vectors, 3)
+    assert result.ids[:, 0].tolist() == ids.tolist()
+    np.testing.assert_allclose(result.scores[:, 0], 1.0, rtol=1e-5)
+    assert np.all(np.diff(result.scores, axis=1) <= 1e-6)
+
+
+def test_scores_are_cosine_similarities() -> None:
+    index = FaissFlatIndex(16)
+    vectors = _vectors(20)
+    index.add(np.arange(20), vectors)
+    query = _vectors(1, seed=9)
+    result = index.search(query, 20)
+    expected = (vectors @ query[0])[result.ids[0]]
+    np.testing.assert_allclose(result.scores[0], expected, rtol=1e-5)
+
+
+def test_removed_ids_are_never_returned_and_counts_follow() -> None:
+    index = FaissFlatIndex(16)
+    vectors = _vectors(10)
+    index.add(np.arange(10), vectors)
+    assert index.remove(np.array([3, 7, 42])) == 2
+    assert len(index) == 8
+    result = index.search(vectors, 10)
+    assert 3 not in result.ids and 7 not in result.ids
+    assert index.ids().tolist() == [0, 1, 2, 4, 5, 6, 8, 9]
+
+
+def test_adding_an_existing_id_replaces_its_vector() -> None:
+    index = FaissFlatIndex(16)
+    vectors = _vectors(2)
+    index.add(np.array([5]), vectors[:1])
+    index.add(np.array([5]), vectors[1:])
+    assert len(index) == 1
+    assert index.search(vectors[1:], 1).ids[0, 0] == 5
+    np.testing.assert_allclose(index.search(vectors[1:], 1).scores[0, 0], 1.0, rtol=1e-5)
+
+
+def test_search_on_an_empty_index_returns_minus_one_ids() -> None:
+    result = FaissFlatIndex(16).search(_vectors(2), 4)
+    assert result.ids.shape == (2, 4) and np.all(result.ids == -1)
+
+
+def test_asking_for_more_than_stored_pads_with_minus_one() -> None:
+    index = FaissFlatIndex(16)
+    index.add(np.arange(2), _vectors(2))
+    assert index.search(_vectors(1, seed=3), 5).ids[0, 2:].tolist() == [-1, -1, -1]
+
+
+def test_wrong_dimension_is_refused() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        FaissFlatIndex(16).add(np.arange(2), _vectors(2, dim=8))
+
+
+def test_reset_empties_the_index() -> None:
+    index = FaissFlatIndex(16)
+    index.add(np.arange(4), _vectors(4))
+    index.reset()
+    assert len(index) == 0 and index.ids().size == 0
