@@ -1,0 +1,44 @@
+"""Dependencies as Annotated aliases: app state, DB session, decoded upload."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request, UploadFile
+from PIL import Image
+from sqlalchemy.orm import Session
+
+from service.api.errors import APIError
+from service.api.state import AppState
+from service.pipeline import ImageDecodeError, decode_image
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.facebank
+
+
+State = Annotated[AppState, Depends(get_state)]
+
+
+def get_session(state: State) -> Iterator[Session]:
+    with state.sessions() as session:
+        yield session
+
+
+DB = Annotated[Session, Depends(get_session)]
+
+
+def read_image(upload: UploadFile | None, state: AppState, field: str = "image") -> tuple[Image.Image, bytes]:
+    """Read an uploaded file within the size limit and decode it; returns the image and its bytes."""
+    if upload is None:
+        raise APIError(422, "missing_image", f"multipart field {field!r} is required")
+    limit = state.settings.max_upload_bytes
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise APIError(413, "payload_too_large", f"{field} is larger than {limit} bytes")
+    try:
+        return decode_image(data, max_pixels=state.settings.max_image_pixels), data
+    except ImageDecodeError as exc:
+        status = 413 if exc.code == "image_too_large" else 422
+        raise APIError(status, exc.code, f"{field}: {exc.message}") from exc

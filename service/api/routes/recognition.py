@@ -1,0 +1,96 @@
+"""/v1/identify, /v1/verify, /v1/detect."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from PIL import Image
+
+from service.api import schemas
+from service.api.convert import detection_out
+from service.api.deps import DB, State, read_image
+from service.api.errors import APIError, not_found
+from service.api.state import AppState
+from service.storage import repository as repo
+
+router = APIRouter(prefix="/v1", tags=["recognition"])
+
+ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
+
+
+@router.post("/identify", response_model=schemas.IdentifyResponse, responses=ERRORS)
+def identify(
+    state: State,
+    image: Annotated[UploadFile | None, File()] = None,
+    k: int = Query(default=5, ge=1, le=100),
+    threshold: float | None = Query(default=None, ge=-1.0, le=1.0),
+) -> schemas.IdentifyResponse:
+    picture, _ = read_image(image, state)
+    faces = state.pipeline.analyze(picture)
+    cutoff = state.threshold if threshold is None else threshold
+    ranked = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
+    results = []
+    for face, matches in zip(faces, ranked, strict=True):
+        best = matches[0] if matches and matches[0].score >= cutoff else None
+        results.append(
+            schemas.IdentifiedFace(
+                **detection_out(face.face).model_dump(),
+                matches=[
+                    schemas.MatchOut(identity_id=m.identity_id, name=m.name, score=round(m.score, 5))
+                    for m in matches
+                ],
+                identity=schemas.IdentityGuess(
+                    id=best.identity_id, name=best.name, score=round(best.score, 5)
+                )
+                if best
+                else None,
+            )
+        )
+    return schemas.IdentifyResponse(model=state.embedder_tag, faces=results)
+
+
+def _largest_face_embedding(state: AppState, picture: Image.Image, field: str) -> np.ndarray:
+    faces = state.pipeline.detect(picture)
+    if not faces:
+        raise APIError(422, "no_face", f"no face was found in {field}")
+    (embedded,) = state.pipeline.embed_faces(picture, [max(faces, key=lambda f: f.area)])
+    return embedded.embedding
+
+
+@router.post("/verify", response_model=schemas.VerifyResponse, responses=ERRORS)
+def verify(
+    state: State,
+    db: DB,
+    image: Annotated[UploadFile | None, File()] = None,
+    image2: Annotated[UploadFile | None, File()] = None,
+    identity_id: Annotated[uuid.UUID | None, Form()] = None,
+) -> schemas.VerifyResponse:
+    if (identity_id is None) == (image2 is None):
+        raise APIError(422, "bad_request", "send either identity_id or image2 beside image")
+    probe = _largest_face_embedding(state, read_image(image, state)[0], "image")
+    if image2 is not None:
+        other = _largest_face_embedding(state, read_image(image2, state, "image2")[0], "image2")
+        score = float(probe @ other)
+    else:
+        assert identity_id is not None
+        if repo.get_identity(db, identity_id=identity_id) is None:
+            raise not_found("identity")
+        faces = [f for f in repo.list_faces(db, identity_id=identity_id) if f.model == state.embedder_tag]
+        if not faces:
+            raise APIError(
+                422, "no_enrolled_faces", "the identity has no faces enrolled with the active model"
+            )
+        gallery = np.stack([repo.from_bytes(f.embedding, f.dim) for f in faces])
+        score = float((gallery @ probe).max())
+    return schemas.VerifyResponse(
+        score=round(score, 5), match=score >= state.threshold, threshold=state.threshold
+    )
+
+
+@router.post("/detect", response_model=schemas.DetectResponse, responses=ERRORS)
+def detect(state: State, image: Annotated[UploadFile | None, File()] = None) -> schemas.DetectResponse:
+    picture, _ = read_image(image, state)
+    return schemas.DetectResponse(faces=[detection_out(f) for f in state.pipeline.detect(picture)])
