@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from service.config import Settings
 
@@ -79,7 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(handler=_models_prepare)
     listing = models_commands.add_parser("list", help="models in the manifest; * marks the active ones")
     listing.set_defaults(handler=_models_list)
+
+    for register in _feature_commands():
+        register(commands)
     return parser
+
+
+def _feature_commands() -> list[Callable[[Any], None]]:
+    """Commands that live beside their feature; each module's `register(commands)` must import lightly."""
+    from models.plots.cli import register as register_plots
+
+    return [register_plots]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 
 from service import __version__
 from service.api.errors import install_error_handlers
@@ -21,6 +23,8 @@ from service.storage.engine import make_engine, make_session_factory
 from service.storage.migrate import upgrade_to_head
 
 log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def build_state(settings: Settings, models: LoadedModels | None = None) -> AppState:
@@ -83,4 +87,9 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     app.include_router(health.router)
     app.include_router(identities.router)
     app.include_router(recognition.router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html")
+
     return app
