@@ -17,8 +17,8 @@ from service.api.state import AppState
 from service.config import Settings
 from service.gallery import Gallery
 from service.index import make_index
-from service.pipeline import DetectionLimits, Detector, Embedder, FacePipeline
-from service.runtime import LoadedModels, load_models
+from service.pipeline.factory import build_pipeline
+from service.runtime import LoadedModels
 from service.storage.engine import make_engine, make_session_factory
 from service.storage.migrate import upgrade_to_head
 
@@ -29,26 +29,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 def build_state(settings: Settings, models: LoadedModels | None = None) -> AppState:
     """Open the database (migrated to head), load models, rebuild the index from SQL."""
-    models = models or load_models(
-        settings.model_dir,
-        detector=settings.detector,
-        embedder=settings.embedder,
-        device=settings.device,
-        threads=settings.intra_op_threads,
-    )
+    pipeline, models = build_pipeline(settings, models)
     engine = make_engine(settings.resolved_database_url)
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
-    pipeline = FacePipeline(
-        Detector(models.detector_session, models.detector_config),
-        Embedder(models.embedder_session, models.embedder_config),
-        DetectionLimits(
-            max_side=settings.detect_max_side,
-            score_threshold=settings.det_score_threshold,
-            min_face_size=settings.min_face_size,
-            max_faces=settings.max_faces,
-        ),
-    )
     gallery = Gallery(
         make_index(models.embedder_config.dim, device=settings.device), sessions, models.embedder_tag
     )
