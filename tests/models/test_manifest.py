@@ -1,0 +1,179 @@
+"""Tests for models.manifest: the project manifest, validation messages, tags and the TOML round trip."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from models.manifest import (
+    PROJECT_MANIFEST,
+    Manifest,
+    ManifestError,
+    dumps_manifest,
+    load_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+SHA_A = "a" * 64
+
+
+@pytest.fixture(scope="module")
+def project() -> Manifest:
+    return load_manifest(PROJECT_MANIFEST)
+
+
+def _rewrite(tmp_path: Path, old: str, new: str) -> Path:
+    text = PROJECT_MANIFEST.read_text(encoding="utf-8")
+    assert old in text, old
+    path = tmp_path / "manifest.toml"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    return path
+
+
+def test_project_manifest_lists_one_detector_and_one_embedder(project: Manifest) -> None:
+    assert project.names() == ["retinaface-mnet025", "mobilefacenet"]
+    assert [e.name for e in project.detectors()] == ["retinaface-mnet025"]
+    assert [e.name for e in project.embedders()] == ["mobilefacenet"]
+    assert project.root == PROJECT_MANIFEST.parent
+
+
+def test_project_manifest_pins_the_upstream_files(project: Manifest) -> None:
+    detector, embedder = project.get("retinaface-mnet025"), project.get("mobilefacenet")
+    assert detector.source_sha256 == "ed6fa7d45a5179f03cb5ce82c73b0c6711372968e53782e88395acee88d319e1"
+    assert embedder.source_sha256 == "90a00ba1d8b0b688af3deb731ed53dca582e6106805d1bc3cfdef55f570493f4"
+    assert detector.onnx_sha256 is None and embedder.onnx_sha256 is None  # only prepared copies carry it
+
+
+def test_project_manifest_carries_preprocessing_anchors_and_template(project: Manifest) -> None:
+    detector, embedder = project.get("retinaface-mnet025"), project.get("mobilefacenet")
+    assert detector.preprocess.channel_order == "BGR"
+    assert detector.preprocess.mean == (104.0, 117.0, 123.0)
+    assert detector.detector is not None and detector.embedder is None
+    assert detector.detector.min_sizes == ((10, 20), (32, 64), (128, 256))
+    assert detector.detector.steps == (8, 16, 32)
+    assert detector.detector.variances == (0.1, 0.2)
+    assert embedder.preprocess.channel_order == "RGB"
+    assert embedder.preprocess.mean == pytest.approx((0.485 * 255, 0.456 * 255, 0.406 * 255))
+    assert embedder.preprocess.std == pytest.approx((0.229 * 255, 0.224 * 255, 0.225 * 255))
+    assert embedder.embedder is not None and embedder.detector is None
+    assert embedder.embedder.input_size == (112, 112)
+    assert embedder.embedder.dim == 128
+    assert len(embedder.embedder.template) == 5
+
+
+def test_every_model_card_exists(project: Manifest) -> None:
+    for entry in project:
+        assert (PROJECT_MANIFEST.parent / entry.card).is_file(), entry.card
+
+
+def test_tag_is_name_at_version(project: Manifest) -> None:
+    assert project.get("mobilefacenet").tag == "mobilefacenet@1"
+    assert replace(project.get("retinaface-mnet025"), version="2b").tag == "retinaface-mnet025@2b"
+
+
+def test_unknown_model_name_lists_the_known_ones(project: Manifest) -> None:
+    with pytest.raises(ManifestError, match=r"no model 'arcface'.*retinaface-mnet025, mobilefacenet"):
+        project.get("arcface")
+
+
+def test_round_trip_through_write_manifest_keeps_every_field(project: Manifest, tmp_path: Path) -> None:
+    prepared = Manifest(
+        models=tuple(entry.prepared(onnx_sha256=SHA_A, export_version="7") for entry in project)
+    )
+    path = write_manifest(prepared, tmp_path / "manifest.toml", header="written by a test\nsecond line")
+    again = load_manifest(path)
+    assert again.models == prepared.models
+    assert again.get("mobilefacenet").onnx_sha256 == SHA_A
+    assert again.get("mobilefacenet").export_version == "7"
+    assert path.read_text(encoding="utf-8").startswith("# written by a test\n# second line\n")
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_written_manifest_is_plain_toml_with_awkward_strings(project: Manifest) -> None:
+    entry = replace(project.get("mobilefacenet"), provenance='quotes " and \\ backslash\nnewline, ünïcode')
+    text = dumps_manifest(Manifest(models=(entry,)))
+    table = tomllib.loads(text)["models"]["mobilefacenet"]
+    assert table["provenance"] == entry.provenance
+    assert "onnx_sha256" not in table  # None fields are left out
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('kind = "detector"', 'kind = "tracker"', "models.retinaface-mnet025.kind"),
+        ('version = "1"', "version = 1", "models.retinaface-mnet025.version"),
+        (
+            'channel_order = "BGR"',
+            'channel_order = "BRG"',
+            "models.retinaface-mnet025.preprocess.channel_order",
+        ),
+        ("std = [1.0, 1.0, 1.0]", "std = [1.0, 0.0, 1.0]", "models.retinaface-mnet025.preprocess.std"),
+        (
+            "mean = [104.0, 117.0, 123.0]",
+            "mean = [104.0, 117.0]",
+            "models.retinaface-mnet025.preprocess.mean",
+        ),
+        ("steps = [8, 16, 32]", "steps = [8, 16]", "models.retinaface-mnet025.detector.min_sizes"),
+        ("variances = [0.1, 0.2]", "variances = [0.1]", "models.retinaface-mnet025.detector.variances"),
+        ("nms_threshold = 0.4", "nms_threshold = 4", "models.retinaface-mnet025.detector.nms_threshold"),
+        ("max_side = 640", "max_side = -1", "models.retinaface-mnet025.detector.max_side"),
+        ("max_side = 640", "max_side = 640\nmax_sid = 1", "models.retinaface-mnet025.detector.max_sid"),
+        ("dim = 128", "dim = true", "models.mobilefacenet.embedder.dim"),
+        ("threshold = 0.35", "threshold = 1.5", "models.mobilefacenet.embedder.threshold"),
+        ("[70.7299, 92.2041]]", "]", "models.mobilefacenet.embedder.template"),
+        ('source_sha256 = "90a0', 'source_sha256 = "XYZ', "models.mobilefacenet.source_sha256"),
+        ('onnx_file = "mobilefacenet.onnx"', 'onnx_file = "../x.onnx"', "models.mobilefacenet.onnx_file"),
+        ('source_url = "https://github.com/foamliu', 'source_url = "http://github.com/foamliu', "source_url"),
+        ('licence = "MIT"\n', "", "models.retinaface-mnet025.licence: missing"),
+        (
+            "[models.mobilefacenet.embedder]",
+            "[models.mobilefacenet.detector]",
+            "models.mobilefacenet.detector",
+        ),
+    ],
+)
+def test_invalid_field_raises_manifest_error_naming_it(
+    tmp_path: Path, old: str, new: str, field: str
+) -> None:
+    path = _rewrite(tmp_path, old, new)
+    with pytest.raises(ManifestError) as excinfo:
+        load_manifest(path)
+    assert field in str(excinfo.value)
+    assert str(path) in str(excinfo.value)
+
+
+def test_broken_toml_and_missing_file_raise_manifest_error(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no such manifest"):
+        load_manifest(tmp_path / "absent.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[models.x\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="not valid TOML"):
+        load_manifest(broken)
+
+
+def test_manifest_without_models_is_rejected(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.toml"
+    empty.write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match="models"):
+        load_manifest(empty)
+
+
+def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"facebank" * 300_000)
+    import hashlib
+
+    assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sha256_file(path, chunk_size=7) == sha256_file(path)
+
+
+def test_reading_the_manifest_does_not_import_torch() -> None:
+    code = "import sys, models.manifest as m; m.load_manifest(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
