@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 
 from service import __version__
 from service.api.errors import install_error_handlers
+from service.api.metrics import install_metrics
 from service.api.routes import health, identities, recognition
 from service.api.state import AppState
 from service.config import Settings
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_metrics(app)
     app.include_router(health.router)
     app.include_router(identities.router)
     app.include_router(recognition.router)

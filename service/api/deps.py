@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.api.errors import APIError
 from service.api.state import AppState
-from service.pipeline import ImageDecodeError, decode_image
+from service.pipeline import ImageDecodeError, StageTimes, decode_image
 
 
 def get_state(request: Request) -> AppState:
@@ -29,7 +29,19 @@ def get_session(state: State) -> Iterator[Session]:
 DB = Annotated[Session, Depends(get_session)]
 
 
-def read_image(upload: UploadFile | None, state: AppState, field: str = "image") -> tuple[Image.Image, bytes]:
+def get_times(request: Request) -> StageTimes:
+    """Per-request stage timings; the middleware turns them into Server-Timing and metrics."""
+    times = StageTimes()
+    request.state.times = times
+    return times
+
+
+Times = Annotated[StageTimes, Depends(get_times)]
+
+
+def read_image(
+    upload: UploadFile | None, state: AppState, times: StageTimes, field: str = "image"
+) -> tuple[Image.Image, bytes]:
     """Read an uploaded file within the size limit and decode it; returns the image and its bytes."""
     if upload is None:
         raise APIError(422, "missing_image", f"multipart field {field!r} is required")
@@ -38,7 +50,8 @@ def read_image(upload: UploadFile | None, state: AppState, field: str = "image")
     if len(data) > limit:
         raise APIError(413, "payload_too_large", f"{field} is larger than {limit} bytes")
     try:
-        return decode_image(data, max_pixels=state.settings.max_image_pixels), data
+        with times.stage("decode"):
+            return decode_image(data, max_pixels=state.settings.max_image_pixels), data
     except ImageDecodeError as exc:
         status = 413 if exc.code == "image_too_large" else 422
         raise APIError(status, exc.code, f"{field}: {exc.message}") from exc

@@ -162,3 +162,12 @@ def test_readiness_reports_models_database_and_index_in_step(client: TestClient)
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["index_in_step"] is True
+
+
+def test_responses_carry_stage_timings_and_metrics_are_exported(client: TestClient) -> None:
+    response = client.post("/v1/identify", files=_upload(_photo("Tony_Blair", 4)))
+    stages = {part.split(";")[0].strip() for part in response.headers["server-timing"].split(",")}
+    assert {"decode", "detect", "align", "embed", "search"} <= stages
+    exported = client.get("/metrics").text
+    assert 'facebank_stage_seconds_count{stage="embed"}' in exported
+    assert 'facebank_requests_total{route="/v1/identify",status="200"}' in exported

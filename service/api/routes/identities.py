@@ -10,7 +10,7 @@ from fastapi import APIRouter, File, Query, Response, UploadFile
 
 from service.api import schemas
 from service.api.convert import face_out, identity_out
-from service.api.deps import DB, State, read_image
+from service.api.deps import DB, State, Times, read_image
 from service.api.errors import APIError, not_found
 from service.storage import repository as repo
 
@@ -99,13 +99,14 @@ def enroll_face(
     identity_id: uuid.UUID,
     db: DB,
     state: State,
+    times: Times,
     image: Annotated[UploadFile | None, File()] = None,
     face_policy: Literal["largest", "single"] = Query(default="largest"),
 ) -> schemas.Face:
     if repo.get_identity(db, identity_id=identity_id) is None:
         raise not_found("identity")
-    picture, data = read_image(image, state)
-    faces = state.pipeline.detect(picture)
+    picture, data = read_image(image, state, times)
+    faces = state.pipeline.detect(picture, times)
     if not faces:
         raise APIError(422, "no_face", "no face was found in the image")
     if face_policy == "single" and len(faces) > 1:
@@ -113,17 +114,18 @@ def enroll_face(
             422, "multiple_faces", f"{len(faces)} faces found; face_policy=single needs exactly one"
         )
     largest = max(faces, key=lambda f: f.area)
-    (embedded,) = state.pipeline.embed_faces(picture, [largest])
-    face = repo.add_face(
-        db,
-        identity_id=identity_id,
-        embedding=embedded.embedding,
-        model=state.embedder_tag,
-        bbox=[float(v) for v in largest.bbox],
-        det_score=largest.score,
-        landmarks=largest.landmarks.tolist(),
-        image_sha256=hashlib.sha256(data).hexdigest(),
-    )
+    (embedded,) = state.pipeline.embed_faces(picture, [largest], times)
+    with times.stage("store"):
+        face = repo.add_face(
+            db,
+            identity_id=identity_id,
+            embedding=embedded.embedding,
+            model=state.embedder_tag,
+            bbox=[float(v) for v in largest.bbox],
+            det_score=largest.score,
+            landmarks=largest.landmarks.tolist(),
+            image_sha256=hashlib.sha256(data).hexdigest(),
+        )
     db.commit()
     state.gallery.added(face.key, identity_id, embedded.embedding)
     return face_out(face)

@@ -11,9 +11,10 @@ from PIL import Image
 
 from service.api import schemas
 from service.api.convert import detection_out
-from service.api.deps import DB, State, read_image
+from service.api.deps import DB, State, Times, read_image
 from service.api.errors import APIError, not_found
 from service.api.state import AppState
+from service.pipeline import StageTimes
 from service.storage import repository as repo
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
@@ -24,14 +25,16 @@ ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorRes
 @router.post("/identify", response_model=schemas.IdentifyResponse, responses=ERRORS)
 def identify(
     state: State,
+    times: Times,
     image: Annotated[UploadFile | None, File()] = None,
     k: int = Query(default=5, ge=1, le=100),
     threshold: float | None = Query(default=None, ge=-1.0, le=1.0),
 ) -> schemas.IdentifyResponse:
-    picture, _ = read_image(image, state)
-    faces = state.pipeline.analyze(picture)
+    picture, _ = read_image(image, state, times)
+    faces = state.pipeline.analyze(picture, times)
     cutoff = state.threshold if threshold is None else threshold
-    ranked = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
+    with times.stage("search"):
+        ranked = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
     results = []
     for face, matches in zip(faces, ranked, strict=True):
         best = matches[0] if matches and matches[0].score >= cutoff else None
@@ -52,17 +55,20 @@ def identify(
     return schemas.IdentifyResponse(model=state.embedder_tag, faces=results)
 
 
-def _largest_face_embedding(state: AppState, picture: Image.Image, field: str) -> np.ndarray:
-    faces = state.pipeline.detect(picture)
+def _largest_face_embedding(
+    state: AppState, picture: Image.Image, field: str, times: StageTimes
+) -> np.ndarray:
+    faces = state.pipeline.detect(picture, times)
     if not faces:
         raise APIError(422, "no_face", f"no face was found in {field}")
-    (embedded,) = state.pipeline.embed_faces(picture, [max(faces, key=lambda f: f.area)])
+    (embedded,) = state.pipeline.embed_faces(picture, [max(faces, key=lambda f: f.area)], times)
     return embedded.embedding
 
 
 @router.post("/verify", response_model=schemas.VerifyResponse, responses=ERRORS)
 def verify(
     state: State,
+    times: Times,
     db: DB,
     image: Annotated[UploadFile | None, File()] = None,
     image2: Annotated[UploadFile | None, File()] = None,
@@ -70,9 +76,9 @@ def verify(
 ) -> schemas.VerifyResponse:
     if (identity_id is None) == (image2 is None):
         raise APIError(422, "bad_request", "send either identity_id or image2 beside image")
-    probe = _largest_face_embedding(state, read_image(image, state)[0], "image")
+    probe = _largest_face_embedding(state, read_image(image, state, times)[0], "image", times)
     if image2 is not None:
-        other = _largest_face_embedding(state, read_image(image2, state, "image2")[0], "image2")
+        other = _largest_face_embedding(state, read_image(image2, state, times, "image2")[0], "image2", times)
         score = float(probe @ other)
     else:
         assert identity_id is not None
@@ -91,6 +97,8 @@ def verify(
 
 
 @router.post("/detect", response_model=schemas.DetectResponse, responses=ERRORS)
-def detect(state: State, image: Annotated[UploadFile | None, File()] = None) -> schemas.DetectResponse:
-    picture, _ = read_image(image, state)
-    return schemas.DetectResponse(faces=[detection_out(f) for f in state.pipeline.detect(picture)])
+def detect(
+    state: State, times: Times, image: Annotated[UploadFile | None, File()] = None
+) -> schemas.DetectResponse:
+    picture, _ = read_image(image, state, times)
+    return schemas.DetectResponse(faces=[detection_out(f) for f in state.pipeline.detect(picture, times)])
