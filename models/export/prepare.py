@@ -1,0 +1,226 @@
+"""``facebank models prepare``: verify the upstream weights, export them to ONNX, write the prepared manifest.
+
+For each model of the project manifest (:data:`models.manifest.PROJECT_MANIFEST`):
+
+1. find its ``source_file`` in ``source_dir``, else in ``model_dir/sources/``, else (with ``download=True``)
+   fetch ``source_url`` into ``model_dir/sources/``;
+2. check the file's sha256 against ``source_sha256`` (:class:`ModelSourceError` on a mismatch or a missing
+   file, saying how to fix it);
+3. export it to ``model_dir/<onnx_file>`` unless the prepared manifest already records an ONNX file made from
+   the same source sha256 by the same export code version (:data:`models.export.EXPORT_VERSION`) and the
+   file on disk still has the recorded hash;
+4. write ``model_dir/manifest.toml``: the project entries plus ``onnx_sha256`` and ``export_version``, and
+   copy the model cards next to it.
+
+torch is imported only when something has to be exported.
+
+Usage::
+
+    from models.export.prepare import prepare_models
+
+    prepare_models(model_dir=Path.home() / ".cache/facebank/models", source_dir=Path("../shared/models"))
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from models.export import EXPORT_VERSION
+from models.manifest import (
+    PROJECT_MANIFEST,
+    Manifest,
+    ManifestError,
+    ModelEntry,
+    load_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+SOURCES_DIR = "sources"
+FIX_HINT = (
+    "re-download with `facebank models prepare --download` "
+    "or point `--from` at a folder holding the upstream file"
+)
+TRAIN_EXTRA_HINT = "exporting needs the train extra: pip install 'facebank[train]'"
+_HEADER = (
+    "Prepared by `facebank models prepare` from the project's models/manifest.toml; do not edit.\n"
+    "onnx_sha256 is checked before each ONNX file is loaded; export_version says which export code made it."
+)
+
+Progress = Callable[[str], None]
+
+
+class PrepareError(RuntimeError):
+    """Base class of everything :func:`prepare_models` raises on purpose."""
+
+
+class ModelSourceError(PrepareError):
+    """An upstream weight file is missing, cannot be downloaded, or does not match its pinned sha256."""
+
+
+class ExportUnavailableError(PrepareError):
+    """Exporting needs torch and onnx (the ``train`` extra), which are not installed."""
+
+
+def prepare_models(
+    *,
+    model_dir: Path,
+    source_dir: Path | None = None,
+    download: bool = False,
+    names: list[str] | None = None,
+    progress: Progress = print,
+    manifest_path: Path = PROJECT_MANIFEST,
+) -> Path:
+    """Prepare the models of ``manifest_path`` in ``model_dir``; returns the prepared manifest's path.
+
+    ``names`` limits the work to some models; entries prepared earlier for the others are kept if still
+    current. Raises :class:`ModelSourceError` or :class:`ExportUnavailableError` (both :class:`PrepareError`).
+    """
+    project = load_manifest(manifest_path)
+    wanted = project.names() if names is None else list(names)
+    unknown = [name for name in wanted if name not in project]
+    if unknown:
+        raise ManifestError(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(project.names())}")
+    model_dir = Path(model_dir).expanduser()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    prepared_path = model_dir / "manifest.toml"
+    previous = _previous_entries(prepared_path, progress)
+
+    entries: list[ModelEntry] = []
+    for entry in project:
+        current = _current_onnx_sha256(previous.get(entry.name), entry, model_dir)
+        if entry.name not in wanted:
+            if current is not None:  # prepared earlier and still valid: keep it in the prepared manifest
+                entries.append(entry.prepared(onnx_sha256=current, export_version=EXPORT_VERSION))
+            continue
+        source = locate_source(
+            entry, model_dir=model_dir, source_dir=source_dir, download=download, progress=progress
+        )
+        onnx_path = model_dir / entry.onnx_file
+        if current is not None:
+            progress(
+                f"{entry.tag}: {onnx_path.name} is up to date (source sha256 {entry.source_sha256[:12]})"
+            )
+            entries.append(entry.prepared(onnx_sha256=current, export_version=EXPORT_VERSION))
+            continue
+        started = time.perf_counter()
+        report = _export(entry, source, onnx_path)
+        progress(f"{entry.tag}: exported {onnx_path.name} in {time.perf_counter() - started:.1f}s; {report}")
+        entries.append(entry.prepared(onnx_sha256=sha256_file(onnx_path), export_version=EXPORT_VERSION))
+
+    _copy_cards(entries, source_root=project.root, model_dir=model_dir)
+    write_manifest(Manifest(models=tuple(entries)), prepared_path, header=_HEADER)
+    progress(f"wrote {prepared_path}")
+    return prepared_path
+
+
+def locate_source(
+    entry: ModelEntry,
+    *,
+    model_dir: Path,
+    source_dir: Path | None = None,
+    download: bool = False,
+    progress: Progress = print,
+) -> Path:
+    """The verified upstream weight file of ``entry``: from ``source_dir``, the download cache, or the web."""
+    candidates = [Path(source_dir) / entry.source_file] if source_dir is not None else []
+    candidates.append(model_dir / SOURCES_DIR / entry.source_file)
+    for candidate in candidates:
+        if candidate.is_file():
+            verify_source(candidate, entry)
+            return candidate
+    if download:
+        return download_source(entry, model_dir / SOURCES_DIR, progress=progress)
+    looked = " or ".join(str(c) for c in candidates)
+    raise ModelSourceError(f"{entry.name}: {entry.source_file} not found (looked in {looked}); {FIX_HINT}")
+
+
+def verify_source(path: Path, entry: ModelEntry) -> None:
+    """Raise :class:`ModelSourceError` unless ``path`` hashes to ``entry.source_sha256``."""
+    actual = sha256_file(path)
+    if actual != entry.source_sha256:
+        raise ModelSourceError(
+            f"{entry.name}: {path} does not match the pinned sha256 "
+            f"(expected {entry.source_sha256}, got {actual}); {FIX_HINT}"
+        )
+
+
+def download_source(entry: ModelEntry, directory: Path, *, progress: Progress = print) -> Path:
+    """Stream ``entry.source_url`` to a temporary file, verify its sha256, then move it into ``directory``."""
+    import httpx
+
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / entry.source_file
+    progress(f"{entry.name}: downloading {entry.source_url}")
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{entry.source_file}.", suffix=".part", dir=directory)
+    tmp = Path(tmp_name)
+    try:
+        with (
+            os.fdopen(handle, "wb") as out,
+            httpx.stream("GET", entry.source_url, follow_redirects=True, timeout=60.0) as response,
+        ):
+            response.raise_for_status()
+            for chunk in response.iter_bytes(1 << 20):
+                out.write(chunk)
+        verify_source(tmp, entry)
+        os.replace(tmp, target)
+    except httpx.HTTPError as exc:
+        raise ModelSourceError(
+            f"{entry.name}: cannot download {entry.source_url}: {exc}; {FIX_HINT}"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _previous_entries(path: Path, progress: Progress) -> dict[str, ModelEntry]:
+    if not path.is_file():
+        return {}
+    try:
+        return {entry.name: entry for entry in load_manifest(path)}
+    except ManifestError as exc:
+        progress(f"ignoring the unreadable prepared manifest ({exc}); exporting again")
+        return {}
+
+
+def _current_onnx_sha256(old: ModelEntry | None, new: ModelEntry, model_dir: Path) -> str | None:
+    """The recorded ONNX hash if ``old``'s file was made from ``new``'s source by this export code and is
+    intact on disk; None if it has to be exported (again)."""
+    if old is None or old.onnx_sha256 is None:
+        return None
+    onnx_path = model_dir / new.onnx_file
+    same_origin = (
+        old.export_version == EXPORT_VERSION
+        and old.source_sha256 == new.source_sha256
+        and old.onnx_file == new.onnx_file
+        and old.kind == new.kind
+    )
+    if same_origin and onnx_path.is_file() and sha256_file(onnx_path) == old.onnx_sha256:
+        return old.onnx_sha256
+    return None
+
+
+def _export(entry: ModelEntry, source: Path, onnx_path: Path) -> str:
+    try:
+        from models.export import onnx_export
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in {"torch", "onnx", "onnxruntime"}:
+            raise ExportUnavailableError(f"{TRAIN_EXTRA_HINT} (missing module {exc.name!r})") from exc
+        raise
+    export = onnx_export.export_detector if entry.kind == "detector" else onnx_export.export_embedder
+    return export(source, onnx_path).summary()
+
+
+def _copy_cards(entries: list[ModelEntry], *, source_root: Path | None, model_dir: Path) -> None:
+    if source_root is None:
+        return
+    for entry in entries:
+        card = source_root / entry.card
+        if card.is_file() and card.resolve() != (model_dir / entry.card).resolve():
+            (model_dir / entry.card).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(card, model_dir / entry.card)
