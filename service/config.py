@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     embedder: str = "mobilefacenet"
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it decide.")
+    search_threads: int = Field(default=1, ge=0, description="FAISS OpenMP threads; 0 keeps its default.")
 
     detect_max_side: int = Field(default=640, ge=64, le=4096)
     det_score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)

@@ -35,7 +35,11 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
     gallery = Gallery(
-        make_index(models.embedder_config.dim, device=settings.device), sessions, models.embedder_tag
+        make_index(
+            models.embedder_config.dim, device=settings.device, search_threads=settings.search_threads
+        ),
+        sessions,
+        models.embedder_tag,
     )
     gallery.rebuild()
     return AppState(

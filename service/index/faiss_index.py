@@ -74,8 +74,14 @@ class FaissFlatIndex:
             self._index.reset()
 
 
-def make_index(dim: int, *, device: Literal["auto", "cpu", "cuda"] = "cpu") -> FaissFlatIndex:
+def make_index(
+    dim: int, *, device: Literal["auto", "cpu", "cuda"] = "cpu", search_threads: int = 1
+) -> FaissFlatIndex:
     """The index for this device; the GPU variant is not wired yet, so non-CPU logs and uses CPU."""
+    if search_threads > 0:
+        # Process-wide OpenMP setting. Requests already search concurrently from a thread pool, and
+        # waking OpenMP workers for one small query costs more than it saves.
+        faiss.omp_set_num_threads(search_threads)
     if device != "cpu":
         log.info("FAISS GPU index not enabled in this build; using the CPU flat index")
     return FaissFlatIndex(dim)
