@@ -7,6 +7,7 @@ sizes, embeddings of aligned faces at batch 1, 8 and 64, and where boxes and lan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from tests.conftest import LFW, SHARED_MODELS, require_shared
 pytestmark = pytest.mark.shared
 
 pytest.importorskip("torch", reason="exporting needs the train extra (torch)")
-ort = pytest.importorskip("onnxruntime", reason="parity needs onnxruntime (the cpu extra)")
+pytest.importorskip("onnxruntime", reason="parity needs onnxruntime (the cpu extra)")
 
+import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 from models.export.onnx_export import (  # noqa: E402
@@ -58,7 +60,7 @@ def _photo(name: str, number: int = 1) -> Image.Image:
 def _preprocess(pixels: np.ndarray, entry: ModelEntry) -> np.ndarray:
     """(H, W, 3) uint8 RGB → (1, 3, H, W) float32 as the manifest entry says."""
     pre = entry.preprocess
-    array = pixels.astype(np.float32)
+    array: np.ndarray = pixels.astype(np.float32)
     if pre.channel_order == "BGR":
         array = array[..., ::-1]
     array = (array - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
@@ -90,18 +92,19 @@ def _aligned_faces(entry_det: ModelEntry, entry_emb: ModelEntry, session: ort.In
     """Faces aligned on the detector's landmarks with the service's aligner (a centre crop without it)."""
     spec = entry_emb.embedder
     assert spec is not None
+    align: Callable[..., np.ndarray] | None
     try:
-        from service.pipeline.align import align_face
+        from service.pipeline.align import align_face as align
     except ImportError:  # pragma: no cover - parity holds on any face crop; alignment only makes it realistic
-        align_face = None
+        align = None
     rows = []
     for name in EMBEDDER_PEOPLE:
         for number in (1, 2):
             image = _photo(name, number)
-            if align_face is not None:
+            if align is not None:
                 outputs = session.run(None, {"input": _preprocess(np.asarray(image), entry_det)})
                 _, _, points = _best_face(outputs, entry_det, image.height, image.width)
-                crop = align_face(image, points, np.asarray(spec.template), spec.input_size)
+                crop = align(image, points, np.asarray(spec.template), spec.input_size)
             else:
                 box = (69, 69, 181, 181)
                 crop = np.asarray(image.crop(box))

@@ -56,7 +56,7 @@ def test_detector_orders_priors_by_level_then_row_then_column_then_anchor(detect
     height, width = 64, 96
     maps: list[torch.Tensor] = []
     hooks = [
-        head.conv1x1.register_forward_hook(lambda _m, _i, out: maps.append(out))
+        head.get_submodule("conv1x1").register_forward_hook(lambda _m, _i, out: maps.append(out))
         for head in detector.LandmarkHead
     ]
     try:
