@@ -32,7 +32,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _models_prepare(args: argparse.Namespace, settings: Settings) -> int:
-    from models.export.prepare import ModelSourceError, prepare_models
+    from models.export.prepare import PrepareError, prepare_models
 
     if not args.source and not args.download:
         print("say where the weights come from: --from DIR or --download", file=sys.stderr)
@@ -40,7 +40,7 @@ def _models_prepare(args: argparse.Namespace, settings: Settings) -> int:
     model_dir = args.model_dir or settings.model_dir
     try:
         prepare_models(model_dir=model_dir, source_dir=args.source, download=args.download)
-    except ModelSourceError as exc:
+    except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"models ready in {model_dir}")
