@@ -1,0 +1,67 @@
+"""Run the Alembic migrations from code: at application start and in tests, no alembic.ini needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.engine import URL
+
+import migrations
+from service.storage.engine import make_engine
+
+# Why: an arbitrary fixed key ("face" "bank" in ASCII) that every replica agrees on for its migration lock.
+MIGRATION_LOCK_KEY: Final = 0x66616365_62616E6B
+
+
+def _script_location() -> str:
+    return str(Path(migrations.__file__).resolve().parent)
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config pointing at the installed `migrations` package, optionally bound to `connection`."""
+    config = Config()
+    config.set_main_option("script_location", _script_location())
+    if connection is not None:
+        # Read by migrations/env.py, which then migrates over this connection inside its transaction.
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_to_head(engine_or_url: Engine | str | URL) -> None:
+    """Bring the database schema to the newest revision; safe to call from replicas starting together."""
+    if isinstance(engine_or_url, Engine):
+        _upgrade(engine_or_url)
+        return
+    engine = make_engine(engine_or_url, pool_size=1, max_overflow=0)
+    try:
+        _upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def _upgrade(engine: Engine) -> None:
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Why: two replicas starting at once would both try to create the tables. A transaction-level
+            # lock serialises them; the second sees the first's committed alembic_version and does nothing.
+            # It is released by the commit or rollback at the end of this block.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        command.upgrade(alembic_config(connection), "head")
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at; None for a database that was never migrated."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "the migrations package has no revisions"
+    return head

@@ -1,0 +1,124 @@
+"""ORM tables: identities and their faces. SQL is the source of truth; the FAISS index is rebuilt from it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Why: explicit constraint names make migrations reproducible and let later ALTERs name what they drop.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Why: BIGINT on PostgreSQL, but on SQLite only "INTEGER PRIMARY KEY" aliases the rowid and autoincrements.
+FACE_KEY_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite has no time zone type and hands back naive values, so values are stored as UTC and tagged
+    with UTC on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; storage only accepts timezone-aware datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime()}
+
+
+class Identity(Base):
+    __tablename__ = "identities"
+    # Why: keyset pagination walks (created_at, id).
+    __table_args__ = (Index("ix_identities_created_at_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(256))
+    external_id: Mapped[str | None] = mapped_column(String(256), unique=True)
+    # Why: `metadata` is reserved on declarative classes, so the attribute carries a trailing underscore.
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON())
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    # Why passive_deletes: the database cascades, so deleting an identity never loads its faces.
+    faces: Mapped[list[Face]] = relationship(
+        back_populates="identity", cascade="all, delete-orphan", passive_deletes=True, order_by="Face.key"
+    )
+
+    def __repr__(self) -> str:
+        return f"Identity(id={self.id!s}, name={self.name!r}, external_id={self.external_id!r})"
+
+
+class Face(Base):
+    __tablename__ = "faces"
+    __table_args__ = (
+        # Why: the batch ingester skips an image already enrolled for the same identity and model.
+        Index("ix_faces_identity_id_image_sha256_model", "identity_id", "image_sha256", "model"),
+        # Why: on SQLite, AUTOINCREMENT stops a deleted highest key being handed out again, which would
+        # alias a stale FAISS entry; PostgreSQL sequences never reuse values anyway.
+        {"sqlite_autoincrement": True},
+    )
+
+    # The stable integer id of this face in the FAISS index.
+    key: Mapped[int] = mapped_column(FACE_KEY_TYPE, primary_key=True, autoincrement=True)
+    # The public id.
+    id: Mapped[uuid.UUID] = mapped_column(unique=True, default=uuid.uuid4)
+    identity_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("identities.id", ondelete="CASCADE"), index=True
+    )
+    # float32 little-endian bytes; see repository.to_bytes / from_bytes.
+    embedding: Mapped[bytes] = mapped_column(LargeBinary())
+    dim: Mapped[int] = mapped_column(Integer())
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    bbox: Mapped[list[float]] = mapped_column(JSON())
+    det_score: Mapped[float] = mapped_column(Float())
+    landmarks: Mapped[list[list[float]] | None] = mapped_column(JSON())
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    identity: Mapped[Identity] = relationship(back_populates="faces")
+
+    def __repr__(self) -> str:
+        return f"Face(key={self.key}, id={self.id!s}, identity_id={self.identity_id!s}, model={self.model!r})"

@@ -1,0 +1,77 @@
+"""Storage fixtures: one migrated database per backend per test session, emptied after every test."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Why: `service` and `tests._db` must import whether or not the project is installed, under any import mode.
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import Engine, delete  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+from service.storage import Face, Identity, make_engine, make_session_factory, upgrade_to_head  # noqa: E402
+from tests._db import PostgresUnavailable, postgres_database  # noqa: E402
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database (random name) for this test session, dropped at the end."""
+    try:
+        with postgres_database() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """An empty, never-migrated PostgreSQL database for one test."""
+    try:
+        with postgres_database() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")
+
+
+@pytest.fixture(scope="session")
+def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('storage') / 'facebank.db'}")
+    upgrade_to_head(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    engine = make_engine(postgres_url)
+    upgrade_to_head(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A migrated engine of each backend; its tables are emptied after the test."""
+    engine: Engine = request.getfixturevalue(f"{request.param}_engine")
+    yield engine
+    with engine.begin() as connection:
+        connection.execute(delete(Face))
+        connection.execute(delete(Identity))
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with make_session_factory(engine)() as session:
+        yield session
