@@ -357,7 +357,9 @@ def _uuids(values: Sequence[str | uuid.UUID], cache: dict[str, uuid.UUID]) -> li
     return out
 
 
-def _stream(session: Session, query: Select[Any], *, batch_size: int) -> Iterator[Sequence[Row[Any]]]:
+def _stream(
+    session: Session, query: Select[int, str, bytes], *, batch_size: int
+) -> Iterator[Sequence[Row[int, str, bytes]] | list[tuple[Any, ...]]]:
     """Rows of `query` in lists of up to `batch_size`, through a server-side cursor where there is one."""
     connection = session.connection()
     if connection.dialect.name != "postgresql" or connection.dialect.driver != "psycopg":

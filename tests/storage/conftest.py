@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, delete
+from sqlalchemy.orm import Session
 
-# Why: `service` and `tests._db` must import whether or not the project is installed, under any import mode.
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from sqlalchemy import Engine, delete  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-
-from service.storage import Face, Identity, make_engine, make_session_factory, upgrade_to_head  # noqa: E402
-from tests._db import PostgresUnavailable, postgres_database  # noqa: E402
+from service.storage import Face, Identity, make_engine, make_session_factory, upgrade_to_head
+from tests._db import PostgresUnavailable, postgres_database
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
