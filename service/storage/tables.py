@@ -122,3 +122,46 @@ class Face(Base):
 
     def __repr__(self) -> str:
         return f"Face(key={self.key}, id={self.id!s}, identity_id={self.identity_id!s}, model={self.model!r})"
+
+
+class ApiKey(Base):
+    """An API key: only a hash of its secret is stored; the secret itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(128))
+    # The token's first characters, so a person can tell keys apart in a listing; too short to authenticate.
+    prefix: Mapped[str] = mapped_column(String(16))
+    # Hex SHA-256 of the whole token; lookups go through this unique index.
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON())
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Why keep revoked rows: the audit log names keys by id, and a revoked key must never come back.
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"ApiKey(id={self.id!s}, name={self.name!r}, prefix={self.prefix!r}, scopes={self.scopes!r})"
+
+
+class AuditEvent(Base):
+    """Who did what, when: enrollments, deletions and key changes. Holds ids, never names or biometrics."""
+
+    __tablename__ = "audit_events"
+    # Why AUTOINCREMENT on SQLite: event ids only grow, so "newer than id N" is a stable way to page.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(FACE_KEY_TYPE, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A readable description of the caller ("key fbk_AbCd1234 (ci-bot)", "cli alice", "anonymous loopback").
+    actor: Mapped[str] = mapped_column(String(200))
+    # No foreign key: the event outlives nothing it names, and keys are revoked, not deleted.
+    actor_key_id: Mapped[uuid.UUID | None] = mapped_column()
+    action: Mapped[str] = mapped_column(String(64))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON())
+
+    def __repr__(self) -> str:
+        return f"AuditEvent(id={self.id}, action={self.action!r}, target_id={self.target_id!r})"
