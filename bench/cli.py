@@ -1,0 +1,72 @@
+"""`facebank bench` / `python -m bench`: imports only argparse until the command runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("embedder", "detector", "search", "rest", "e2e")
+
+DESCRIPTION = (
+    "Measure facebank on this machine, each figure beside a baseline measured in the same run: embedder "
+    "and detector throughput, search against stock FAISS, a plain matmul and the memory floor, REST identify "
+    "under concurrent clients, and photos/s against face_recognition (dlib)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small galleries, few iterations: under a minute"
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="write the figures as JSON to PATH, or to stdout (the table then goes to stderr)",
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        metavar="SECTION",
+        help=f"which to run, in order (default all: {' '.join(SECTIONS)})",
+    )
+    parser.add_argument("--shared", type=Path, help="folder with data/lfw and models/ (default ../shared)")
+    parser.add_argument(
+        "--work-dir", type=Path, help="where the temporary SQLite database goes (default /tmp)"
+    )
+
+
+def _bench(args: argparse.Namespace, settings: Any) -> int:
+    from bench.runner import run
+
+    return run(args, settings)
+
+
+def register(commands: Any) -> None:
+    """Add `bench` to the `facebank` subcommands."""
+    parser = commands.add_parser(
+        "bench", help="benchmark against baselines measured in the same run", description=DESCRIPTION
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=_bench)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from service.config import Settings
+
+    return _bench(args, Settings())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""Section `search`: our index beside stock FAISS flat, a plain matmul + top-k, and the memory floor.
+
+Synthetic unit vectors (d=128) fill the gallery. For each gallery size: p50 latency of one query and
+throughput at 1024 queries per call; on the CPU also FAISS OpenMP threads 1 vs all cores (the service's
+`search_threads`, default 1) and concurrent single-query searchers (our index holds a lock around search).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from bench.context import Context
+from bench.data import unit_vector_chunks
+from bench.report import Comparison, Figure
+from bench.timing import ms, p50, samples
+
+DIM = 128
+K = 10
+BATCH = 1024
+
+
+def _size_name(n: int) -> str:
+    return f"{n // 1_000_000}m" if n >= 1_000_000 else f"{n // 1000}k"
+
+
+def gallery_sizes(ctx: Context) -> list[int]:
+    if ctx.quick:
+        return [10_000]
+    if ctx.device == "cuda":
+        return [10_000, 1_000_000, 10_000_000]
+    return [10_000, 100_000, 1_000_000]
+
+
+def fill(n: int, add: Callable[[np.ndarray, np.ndarray], None]) -> None:
+    start = 0
+    for block in unit_vector_chunks(n, DIM, seed=1):
+        add(np.arange(start, start + len(block), dtype=np.int64), block)
+        start += len(block)
+
+
+# --- baselines --------------------------------------------------------------------------------------------
+
+
+def read_floor_s(gallery: np.ndarray, repeat: int) -> tuple[float, float, str]:
+    """Fastest time to read every byte of `gallery` once, on one core or on all: (seconds, GB/s, how)."""
+    flat = gallery.reshape(-1)
+    cores = os.cpu_count() or 1
+    best = min(samples(flat.sum, repeat=repeat, warmup=1))
+    how = "1 core"
+    if cores > 1 and len(flat) >= 1_000_000:
+        chunks = np.array_split(flat, cores)
+        with ThreadPoolExecutor(cores) as pool:  # numpy releases the GIL in large reductions
+
+            def read_all() -> None:
+                list(pool.map(np.sum, chunks))
+
+            parallel = min(samples(read_all, repeat=repeat, warmup=1))
+        if parallel < best:
+            best, how = parallel, f"{cores} threads"
+    return best, gallery.nbytes / best / 1e9, how
+
+
+def numpy_topk(gallery: np.ndarray, queries: np.ndarray, k: int, block: int = 65_536) -> np.ndarray:
+    """Exact top-k ids by inner product: matrix product per gallery block, argpartition, merge."""
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(gallery), block):
+        scores = queries @ gallery[start : start + block].T
+        if scores.shape[1] > k:
+            part = np.argpartition(scores, -k, axis=1)[:, -k:]
+            scores = np.take_along_axis(scores, part, axis=1)
+            ids = part + start
+        else:
+            ids = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        best_ids = np.concatenate([best_ids, ids], axis=1)
+        if best_scores.shape[1] > k:
+            part = np.argpartition(best_scores, -k, axis=1)[:, -k:]
+            best_scores = np.take_along_axis(best_scores, part, axis=1)
+            best_ids = np.take_along_axis(best_ids, part, axis=1)
+    order = np.argsort(-best_scores, axis=1)
+    return np.take_along_axis(best_ids, order, axis=1)
+
+
+def concurrent_qps(
+    search: Callable[[np.ndarray], Any], queries: np.ndarray, workers: int, seconds: float
+) -> float:
+    """Single-query searches per second from `workers` Python threads searching at once."""
+    counts = [0] * workers
+    barrier = threading.Barrier(workers + 1)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        j = i
+        while time.perf_counter() < stop:
+            search(queries[j % len(queries)][None])
+            counts[i] += 1
+            j += workers
+
+    with ThreadPoolExecutor(workers) as pool:
+        stop = float("inf")
+        futures = [pool.submit(worker, i) for i in range(workers)]
+        start = time.perf_counter()
+        stop = start + seconds
+        barrier.wait()
+        for future in futures:
+            future.result()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+# --- the section ----------------------------------------------------------------------------------------
+
+
+class _Cycle:
+    """One query at a time, a different one each call."""
+
+    def __init__(self, queries: np.ndarray) -> None:
+        self.queries = queries
+        self.i = 0
+
+    def __call__(self) -> np.ndarray:
+        self.i += 1
+        return self.queries[self.i % len(self.queries)][None]
+
+
+def _search_one(index: Any, q: _Cycle) -> Any:
+    return index.search(q(), K)
+
+
+def _repeats(ctx: Context, n: int) -> tuple[int, int]:
+    """(single-query repeats, batch repeats) for a gallery of n."""
+    if ctx.quick:
+        return 20, 2
+    if n <= 10_000:
+        return 300, 5
+    if n <= 100_000:
+        return 60, 3
+    return 15, 2
+
+
+def run(ctx: Context) -> None:
+    import faiss
+
+    threads = ctx.settings.search_threads or faiss.omp_get_max_threads()
+    queries = next(unit_vector_chunks(BATCH, DIM, seed=2))
+    gpu = _GpuBaselines.create() if ctx.device == "cuda" else None
+    for n in gallery_sizes(ctx):
+        _one_gallery(ctx, n, queries, gpu, threads)
+        faiss.omp_set_num_threads(threads)
+        if gpu is not None:
+            gpu.release()
+    if ctx.device != "cuda":
+        ctx.add(
+            Figure(
+                id="search.10m.single_p50_ms",
+                section="search",
+                label=f"gallery 10,000,000×{DIM}",
+                value=None,
+                unit="ms",
+                better="lower",
+                missing="GPU only (run with --device cuda); not measured on this CPU",
+                baseline=Comparison("stock faiss GPU flat", None, "ms", missing="GPU only"),
+            )
+        )
+
+
+def _one_gallery(ctx: Context, n: int, queries: np.ndarray, gpu: _GpuBaselines | None, threads: int) -> None:
+    import faiss
+
+    from service.index import make_index
+
+    name = _size_name(n)
+    ctx.log(f"search: gallery {n:,} × {DIM}")
+    gallery = np.empty((n, DIM), np.float32)
+
+    def keep(ids: np.ndarray, block: np.ndarray) -> None:
+        gallery[ids[0] : ids[0] + len(ids)] = block
+
+    fill(n, keep)
+    ours = make_index(DIM, device=ctx.device, search_threads=ctx.settings.search_threads)
+    started = time.perf_counter()
+    ours.add(np.arange(n, dtype=np.int64), gallery)
+    ours_add_s = time.perf_counter() - started
+    stock: Any = faiss.IndexFlatIP(DIM) if gpu is None else gpu.flat(fp16=False)
+    stock.add(gallery)
+    single_repeats, batch_repeats = _repeats(ctx, n)
+    faiss.omp_set_num_threads(threads)
+    where = "GPU" if gpu is not None else f"CPU, FAISS threads {threads} (service setting)"
+    ours_label = f"service.index {type(ours).__name__} ({where})"
+    stock_label = (
+        "stock faiss.IndexFlatIP" if gpu is None else "stock faiss.GpuIndexFlatIP fp32"
+    ) + " (same threads)"
+
+    # One query.
+    q = _Cycle(queries)
+    ours_single = samples(lambda: ours.search(q(), K), repeat=single_repeats, warmup=2)
+    stock_single = samples(lambda: stock.search(q(), K), repeat=single_repeats, warmup=2)
+    if gpu is None:
+        floor_s, bandwidth, how = read_floor_s(gallery, repeat=max(5, min(single_repeats, 20)))
+        floor = Comparison(
+            f"memory floor: {gallery.nbytes / 1e6:.0f} MB read at {bandwidth:.1f} GB/s "
+            f"(fastest read of these bytes, {how})",
+            ms(floor_s),
+            "ms",
+        )
+        plain = Comparison(
+            "numpy matmul + argpartition (OpenBLAS threads: all cores)",
+            ms(p50(samples(lambda: numpy_topk(gallery, q(), K), repeat=single_repeats, warmup=1))),
+            "ms",
+        )
+        also = [floor, plain]
+    else:
+        also = gpu.single_query_comparisons(gallery, queries, K, single_repeats)
+    ctx.add(
+        Figure(
+            id=f"search.{name}.single_p50_ms",
+            section="search",
+            label=f"{ours_label}: 1 query, k={K}, gallery {n:,}×{DIM}, p50",
+            value=ms(p50(ours_single)),
+            unit="ms",
+            better="lower",
+            baseline=Comparison(stock_label, ms(p50(stock_single)), "ms"),
+            also=also,
+            note=f"p50 of {len(ours_single)} searches; our index took {n:,} vectors in {ours_add_s:.2f} s",
+        )
+    )
+
+    # 1024 queries per call.
+    ours_batch = samples(lambda: ours.search(queries, K), repeat=batch_repeats, warmup=1)
+    stock_batch = samples(lambda: stock.search(queries, K), repeat=batch_repeats, warmup=1)
+    if gpu is None:
+        plain_batch = samples(lambda: numpy_topk(gallery, queries, K), repeat=1, warmup=0)
+        label = "numpy matmul + argpartition (OpenBLAS threads: all cores)"
+        batch_also = [Comparison(label, BATCH / p50(plain_batch), "q/s")]
+    else:
+        batch_also = gpu.batch_comparisons(gallery, queries, K, batch_repeats)
+    ctx.add(
+        Figure(
+            id=f"search.{name}.batch{BATCH}_qps",
+            section="search",
+            label=f"{ours_label}: {BATCH} queries per call, k={K}, gallery {n:,}×{DIM}",
+            value=BATCH / p50(ours_batch),
+            unit="q/s",
+            better="higher",
+            baseline=Comparison(stock_label, BATCH / p50(stock_batch), "q/s"),
+            also=batch_also,
+            note=f"p50 of {len(ours_batch)} calls",
+        )
+    )
+
+    if gpu is None and (n >= 100_000 or ctx.quick):
+        _threads(ctx, name, n, ours, queries, single_repeats, batch_repeats, threads)
+        _concurrency(ctx, name, n, ours, stock, queries, threads)
+
+
+def _threads(
+    ctx: Context,
+    name: str,
+    n: int,
+    ours: Any,
+    queries: np.ndarray,
+    single_repeats: int,
+    batch_repeats: int,
+    setting: int,
+) -> None:
+    """Our index with FAISS OpenMP threads = 1 beside = all cores."""
+    import faiss
+
+    cores = os.cpu_count() or 1
+    results: dict[int, tuple[list[float], list[float]]] = {}
+    for threads in sorted({1, cores}):
+        faiss.omp_set_num_threads(threads)
+        q = _Cycle(queries)
+        single = samples(partial(_search_one, ours, q), repeat=single_repeats, warmup=2)
+        batch = samples(lambda: ours.search(queries, K), repeat=batch_repeats, warmup=1)
+        results[threads] = (single, batch)
+    faiss.omp_set_num_threads(setting)
+    one, every = results[1], results[cores]
+    baseline = "same with FAISS threads = 1 (the service default)"
+    ctx.add(
+        Figure(
+            id=f"search.{name}.threads_all.single_p50_ms",
+            section="search",
+            label=f"our index, FAISS threads = {cores} (all cores): 1 query, gallery {n:,}, p50",
+            value=ms(p50(every[0])),
+            unit="ms",
+            better="lower",
+            baseline=Comparison(baseline, ms(p50(one[0])), "ms"),
+        )
+    )
+    ctx.add(
+        Figure(
+            id=f"search.{name}.threads_all.batch{BATCH}_qps",
+            section="search",
+            label=f"our index, FAISS threads = {cores} (all cores): {BATCH} queries per call, gallery {n:,}",
+            value=BATCH / p50(every[1]),
+            unit="q/s",
+            better="higher",
+            baseline=Comparison(baseline, BATCH / p50(one[1]), "q/s"),
+        )
+    )
+
+
+def _concurrency(
+    ctx: Context, name: str, n: int, ours: Any, stock: Any, queries: np.ndarray, setting: int
+) -> None:
+    """Single queries from one thread per core at once: our index (it locks search) beside stock FAISS."""
+    import faiss
+
+    workers = max(2, os.cpu_count() or 1)
+    seconds = 1.0 if ctx.quick else 4.0
+    faiss.omp_set_num_threads(setting)
+    ours_qps = concurrent_qps(lambda x: ours.search(x, K), queries, workers, seconds)
+    stock_qps = concurrent_qps(lambda x: stock.search(x, K), queries, workers, seconds)
+    serial_qps = concurrent_qps(lambda x: ours.search(x, K), queries, 1, seconds)
+    ctx.add(
+        Figure(
+            id=f"search.{name}.concurrent{workers}.single_qps",
+            section="search",
+            label=f"our index: {workers} threads searching 1 query each at once, gallery {n:,}",
+            value=ours_qps,
+            unit="q/s",
+            better="higher",
+            baseline=Comparison(f"stock faiss.IndexFlatIP, {workers} threads, no lock", stock_qps, "q/s"),
+            also=[Comparison("our index, one thread searching", serial_qps, "q/s")],
+            note=f"FAISS threads {setting} per search; {seconds:.0f} s each",
+        )
+    )
+
+
+class _GpuBaselines:
+    """GPU counterparts: FAISS GpuIndexFlatIP, torch fp16 matmul + topk, device-memory floor (torch)."""
+
+    def __init__(self, faiss: Any, resources: Any, torch: Any | None) -> None:
+        self.faiss = faiss
+        self.resources = resources
+        self.torch = torch
+
+    @classmethod
+    def create(cls) -> _GpuBaselines:
+        import faiss
+
+        module: Any = None
+        try:
+            import torch
+
+            module = torch if torch.cuda.is_available() else None
+        except ImportError:
+            pass
+        return cls(faiss, faiss.StandardGpuResources(), module)
+
+    def release(self) -> None:
+        """Give cached device memory back between galleries."""
+        if self.torch is not None:
+            self.torch.cuda.empty_cache()
+
+    def flat(self, *, fp16: bool) -> Any:
+        config = self.faiss.GpuIndexFlatConfig()
+        config.useFloat16 = fp16
+        return self.faiss.GpuIndexFlatIP(self.resources, DIM, config)
+
+    def _torch_missing(self, label: str, unit: str) -> Comparison:
+        return Comparison(label, None, unit, missing="torch with CUDA not importable")
+
+    def single_query_comparisons(
+        self, gallery: np.ndarray, queries: np.ndarray, k: int, repeat: int
+    ) -> list[Comparison]:
+        fp16 = self.flat(fp16=True)
+        fp16.add(gallery)
+        q = _Cycle(queries)
+        out = [
+            Comparison(
+                "stock faiss.GpuIndexFlatIP fp16",
+                ms(p50(samples(lambda: fp16.search(q(), k), repeat=repeat))),
+                "ms",
+            )
+        ]
+        floor_label = "device-memory floor (fp16 gallery bytes / measured read bandwidth)"
+        matmul_label = "torch fp16 matmul + topk (host arrays in and out)"
+        if self.torch is None:
+            return [*out, self._torch_missing(floor_label, "ms"), self._torch_missing(matmul_label, "ms")]
+        torch = self.torch
+        device_gallery = torch.from_numpy(gallery).to("cuda", torch.float16)
+
+        def read() -> None:
+            device_gallery.sum()
+            torch.cuda.synchronize()
+
+        floor_s = min(samples(read, repeat=20, warmup=3))
+        bandwidth = device_gallery.numel() * 2 / floor_s / 1e9
+
+        def topk() -> None:
+            query = torch.from_numpy(q()).to("cuda", torch.float16)
+            torch.topk(query @ device_gallery.T, k).indices.cpu()
+
+        out.append(Comparison(f"{floor_label}: {bandwidth:.0f} GB/s", ms(floor_s), "ms"))
+        out.append(Comparison(matmul_label, ms(p50(samples(topk, repeat=repeat, warmup=3))), "ms"))
+        return out
+
+    def batch_comparisons(
+        self, gallery: np.ndarray, queries: np.ndarray, k: int, repeat: int
+    ) -> list[Comparison]:
+        fp16 = self.flat(fp16=True)
+        fp16.add(gallery)
+        out = [
+            Comparison(
+                "stock faiss.GpuIndexFlatIP fp16",
+                BATCH / p50(samples(lambda: fp16.search(queries, k), repeat=repeat)),
+                "q/s",
+            )
+        ]
+        label = "torch fp16 matmul + topk (host arrays in and out)"
+        if self.torch is None:
+            return [*out, self._torch_missing(label, "q/s")]
+        torch = self.torch
+        device_gallery = torch.from_numpy(gallery).to("cuda", torch.float16)
+
+        def topk() -> None:
+            batch = torch.from_numpy(queries).to("cuda", torch.float16)
+            torch.topk(batch @ device_gallery.T, k).indices.cpu()
+
+        out.append(Comparison(label, BATCH / p50(samples(topk, repeat=repeat, warmup=1)), "q/s"))
+        return out

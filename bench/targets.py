@@ -1,0 +1,90 @@
+"""The targets of issue 6, read from the figures of one run, each with pass/miss and by how much."""
+
+from __future__ import annotations
+
+from bench.report import Report, Status, Target
+
+GPU_NOTE = "not measured: needs --device cuda on a GPU (H100 targets)"
+
+
+def _at_most(report: Report, name: str, figure_id: str, limit: float, unit: str) -> Target:
+    goal = f"≤ {limit:g} {unit}"
+    figure = report.figure(figure_id)
+    if figure is None or figure.value is None:
+        return Target(name, figure_id, goal, "not measured", margin="figure not in this run")
+    measured = f"{figure.value:.3g} {unit}"
+    if figure.value <= limit:
+        return Target(name, figure_id, goal, "pass", measured, f"{limit / figure.value:.2f}× under the limit")
+    return Target(name, figure_id, goal, "miss", measured, f"{figure.value / limit:.2f}× over the limit")
+
+
+def _at_least(report: Report, name: str, figure_id: str, limit: float, unit: str) -> Target:
+    goal = f"≥ {limit:g} {unit}"
+    figure = report.figure(figure_id)
+    if figure is None or figure.value is None:
+        return Target(name, figure_id, goal, "not measured", margin="figure not in this run")
+    measured = f"{figure.value:.3g} {unit}"
+    if figure.value >= limit:
+        return Target(name, figure_id, goal, "pass", measured, f"{figure.value / limit:.2f}× the goal")
+    return Target(name, figure_id, goal, "miss", measured, f"{figure.value / limit:.2f}× the goal")
+
+
+def _times_baseline(report: Report, name: str, figure_id: str, factor: float) -> Target:
+    goal = f"≥ {factor:g}× the baseline"
+    figure = report.figure(figure_id)
+    if figure is None or figure.value is None:
+        return Target(name, figure_id, goal, "not measured", margin="figure not in this run")
+    if figure.baseline.value is None:
+        return Target(
+            name, figure_id, goal, "not measured", margin=f"baseline missing: {figure.baseline.missing}"
+        )
+    ratio = figure.value / figure.baseline.value
+    measured = f"{figure.value:.3g} vs {figure.baseline.value:.3g} {figure.unit} = {ratio:.2f}×"
+    status: Status = "pass" if ratio >= factor else "miss"
+    return Target(name, figure_id, goal, status, measured, f"{ratio / factor:.2f}× the goal")
+
+
+def _within_floor(report: Report, name: str, figure_id: str, factor: float) -> Target:
+    goal = f"≤ {factor:g}× the memory floor"
+    figure = report.figure(figure_id)
+    floor = next((c for c in figure.also if "floor" in c.label), None) if figure else None
+    if figure is None or figure.value is None or floor is None or floor.value is None:
+        return Target(name, figure_id, goal, "not measured", margin="figure or floor not in this run")
+    ratio = figure.value / floor.value
+    status: Status = "pass" if ratio <= factor else "miss"
+    return Target(name, figure_id, goal, status, f"{figure.value:.3g} ms = {ratio:.2f}× the floor", "")
+
+
+def evaluate(report: Report, *, device: str, quick: bool) -> list[Target]:
+    targets = [
+        _at_most(
+            report, "CPU: REST identify p50, 1 client, gallery 100k", "rest.100k.clients1.p50_ms", 60, "ms"
+        ),
+        _times_baseline(report, "CPU: photos/s vs face_recognition", "e2e.photos_per_s", 3),
+    ]
+    if quick:
+        for target in targets:
+            if target.status == "not measured":
+                target.margin = "quick run: galleries and samples too small for this target"
+    if device != "cuda":
+        gpu = [
+            ("H100: single-query search at 1M×128", "≤ 1.5× the memory floor"),
+            ("H100: single-query search at 10M×128", "≤ 1.5× the memory floor"),
+            ("H100: batched search at 1M×128", "≥ 120,000 q/s"),
+            ("H100: embedder at batch 1024", "≥ 50,000 faces/s"),
+            ("H100: REST identify p50, 1 client, gallery 1M", "≤ 10 ms"),
+        ]
+        targets += [Target(name, None, goal, "not measured", margin=GPU_NOTE) for name, goal in gpu]
+        return targets
+    targets += [
+        _within_floor(report, "H100: single-query search at 1M×128", "search.1m.single_p50_ms", 1.5),
+        _within_floor(report, "H100: single-query search at 10M×128", "search.10m.single_p50_ms", 1.5),
+        _at_least(report, "H100: batched search at 1M×128", "search.1m.batch1024_qps", 120_000, "q/s"),
+        _at_least(
+            report, "H100: embedder at batch 1024", "embedder.batch1024.faces_per_s", 50_000, "faces/s"
+        ),
+        _at_most(
+            report, "H100: REST identify p50, 1 client, gallery 1M", "rest.1m.clients1.p50_ms", 10, "ms"
+        ),
+    ]
+    return targets
