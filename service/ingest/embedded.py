@@ -1,0 +1,413 @@
+"""Embedded mode: ingest straight into the configured database.
+
+Three stages overlap:
+- worker threads read, hash, decode, detect, apply the gates and align each photo (Pillow, hashlib and
+  onnxruntime release the GIL while they work);
+- the calling thread embeds the accepted crops of several photos in one onnxruntime run;
+- one writer thread commits each photo in its own transaction.
+
+Exactly once: a photo is stored as one transaction that, under a lock on its identity, finds or creates the
+identity, looks for a face of the same identity, image sha256 and model, and adds the face only if there is
+none. A run killed at any point leaves whole photos behind, and the next run skips them.
+
+SQL is the source of truth; a server that is already running rebuilt its FAISS index from SQL at its start
+and does not see faces written here until it restarts (its /readyz reports the index out of step). Use --url
+to ingest through a running server instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.ingest.gates import Gates, Verdict, check_blur, pick_face
+from service.ingest.progress import StopFlag
+from service.ingest.report import (
+    ALREADY_INGESTED,
+    DATABASE_ERROR,
+    INTERNAL_ERROR,
+    READ_ERROR,
+    Outcome,
+    Status,
+    Tally,
+)
+from service.ingest.scan import IngestItem
+from service.pipeline import FacePipeline, ImageDecodeError, StageTimes, decode_image
+from service.pipeline.factory import build_pipeline
+from service.schemas import DetectedFace
+from service.storage import repository as repo
+from service.storage.engine import make_engine, make_session_factory
+from service.storage.migrate import upgrade_to_head
+from service.storage.tables import Identity
+
+log = logging.getLogger(__name__)
+
+# Attempts for a photo's transaction when the database is briefly unavailable or a race is lost.
+STORE_ATTEMPTS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    gates: Gates
+    workers: int = 2
+    batch_size: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """What the report's meta says about a finished (or stopped) run."""
+
+    model: str
+    seconds: float
+    stage_seconds: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    item: IngestItem
+    sha256: str
+    face: DetectedFace
+    crop: np.ndarray
+
+
+class IdentityDirectory:
+    """Identity ids by external_id or exact name, loaded once and filled as identities are found or made.
+
+    The rule: a photo with an external_id belongs to the identity with that external_id; one without belongs
+    to the oldest identity with exactly that name. Either is created (with the photo's name and external_id)
+    when there is none.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple[str, str], uuid.UUID] = {}
+        self._lock = threading.Lock()
+
+    def load(self, session: Session) -> None:
+        query = select(Identity.id, Identity.name, Identity.external_id).order_by(
+            Identity.created_at, Identity.id
+        )
+        with self._lock:
+            for identity_id, name, external_id in session.execute(query):
+                self._ids.setdefault(("name", name), identity_id)
+                if external_id is not None:
+                    self._ids[("external_id", external_id)] = identity_id
+
+    def cached(self, item: IngestItem) -> uuid.UUID | None:
+        with self._lock:
+            return self._ids.get(item.identity_key)
+
+    def find(self, session: Session, item: IngestItem) -> uuid.UUID | None:
+        """The identity of `item`: from memory, else from the database (another process may have made it)."""
+        known = self.cached(item)
+        if known is not None:
+            return known
+        kind, value = item.identity_key
+        query = select(Identity.id)
+        if kind == "external_id":
+            query = query.where(Identity.external_id == value)
+        else:
+            query = query.where(Identity.name == value).order_by(Identity.created_at, Identity.id)
+        return session.execute(query.limit(1)).scalar_one_or_none()
+
+    def remember(self, item: IngestItem, identity_id: uuid.UUID) -> None:
+        with self._lock:
+            self._ids.setdefault(item.identity_key, identity_id)
+
+    def forget(self, item: IngestItem) -> None:
+        with self._lock:
+            self._ids.pop(item.identity_key, None)
+
+
+def _lock_identity(session: Session, item: IngestItem) -> None:
+    """Serialise, across processes, the check-then-insert of photos of one identity until the commit."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        # Why: pysqlite opens its transaction lazily at the first INSERT, so two processes could both pass
+        # the check. BEGIN IMMEDIATE takes SQLite's single write lock first; readers are not blocked (WAL).
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        # Why advisory: the identity may not exist yet, so there is no row to lock. A hash collision only
+        # serialises two identities needlessly.
+        kind, value = item.identity_key
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"facebank.ingest\x1f{kind}\x1f{value}"},
+        )
+
+
+def store_face(
+    sessions: sessionmaker[Session],
+    directory: IdentityDirectory,
+    accepted: _Accepted,
+    embedding: np.ndarray,
+    model: str,
+) -> Outcome:
+    """One photo in one transaction: the identity if new, then the face unless this image is already in."""
+    item, face = accepted.item, accepted.face
+    with sessions() as session:
+        _lock_identity(session, item)
+        identity_id = directory.find(session, item)
+        if identity_id is None:
+            identity_id = repo.create_identity(session, name=item.name, external_id=item.external_id).id
+        elif repo.find_face_by_image(
+            session, identity_id=identity_id, image_sha256=accepted.sha256, model=model
+        ):
+            return Outcome.of(item, Status.SKIPPED, ALREADY_INGESTED)
+        repo.add_face(
+            session,
+            identity_id=identity_id,
+            embedding=embedding,
+            model=model,
+            bbox=[float(v) for v in face.bbox],
+            det_score=face.score,
+            landmarks=face.landmarks.tolist(),
+            image_sha256=accepted.sha256,
+        )
+        session.commit()
+    directory.remember(item, identity_id)
+    return Outcome.of(item, Status.INGESTED)
+
+
+def _store_with_retries(
+    sessions: sessionmaker[Session],
+    directory: IdentityDirectory,
+    accepted: _Accepted,
+    embedding: np.ndarray,
+    model: str,
+) -> Outcome:
+    last: Exception | None = None
+    for attempt in range(STORE_ATTEMPTS):
+        try:
+            return store_face(sessions, directory, accepted, embedding, model)
+        except (repo.Conflict, IntegrityError) as exc:
+            # Someone else made the external_id meanwhile, or deleted the identity we remembered: look again.
+            directory.forget(accepted.item)
+            last = exc
+        except OperationalError as exc:
+            # The database was locked past its busy timeout or the connection dropped: wait and try again.
+            last = exc
+            time.sleep(0.5 * 2**attempt)
+        except SQLAlchemyError as exc:
+            last = exc
+            break
+    log.warning("could not store %s: %s", accepted.item.path, last)
+    return Outcome.of(accepted.item, Status.ERROR, DATABASE_ERROR, _first_line(last))
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text_ = str(exc).strip().splitlines() if exc is not None else []
+    return text_[0] if text_ else type(exc).__name__
+
+
+class _StageClock:
+    """Thread-seconds per stage, summed over all threads (for the benchmark figures)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+
+    def merge(self, times: StageTimes) -> None:
+        with self._lock:
+            for name, value in times.seconds.items():
+                self.seconds[name] = self.seconds.get(name, 0.0) + value
+
+
+class _Writer(threading.Thread):
+    """Commits each embedded photo; outcomes go to the tally as they land."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        directory: IdentityDirectory,
+        model: str,
+        tally: Tally,
+        clock: _StageClock,
+    ) -> None:
+        # Why daemon: after a second Ctrl-C the process exits without waiting; open transactions roll back.
+        super().__init__(name="ingest-writer", daemon=True)
+        self._queue: queue.Queue[tuple[list[_Accepted], np.ndarray] | None] = queue.Queue(maxsize=4)
+        self._sessions, self._directory, self._model = sessions, directory, model
+        self._tally, self._clock = tally, clock
+
+    def put(self, batch: list[_Accepted], embeddings: np.ndarray) -> None:
+        self._queue.put((batch, embeddings))
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def run(self) -> None:
+        while (work := self._queue.get()) is not None:
+            batch, embeddings = work
+            times = StageTimes()
+            for accepted, embedding in zip(batch, embeddings, strict=True):
+                with times.stage("store"):
+                    try:
+                        outcome = _store_with_retries(
+                            self._sessions, self._directory, accepted, embedding, self._model
+                        )
+                    except Exception as exc:  # one photo must not end the run
+                        log.exception("storing %s failed", accepted.item.path)
+                        outcome = Outcome.of(accepted.item, Status.ERROR, INTERNAL_ERROR, _first_line(exc))
+                self._tally.add(outcome)
+            self._clock.merge(times)
+
+
+class _Preparer:
+    """Worker-thread half: read, hash, skip if already in, decode, detect, gate, align."""
+
+    def __init__(
+        self,
+        pipeline: FacePipeline,
+        settings: Settings,
+        gates: Gates,
+        sessions: sessionmaker[Session],
+        directory: IdentityDirectory,
+        model: str,
+        clock: _StageClock,
+    ) -> None:
+        self._pipeline, self._settings, self._gates = pipeline, settings, gates
+        self._sessions, self._directory, self._model = sessions, directory, model
+        self._clock = clock
+
+    def __call__(self, item: IngestItem) -> _Accepted | Outcome:
+        times = StageTimes()
+        try:
+            return self._prepare(item, times)
+        except Exception as exc:  # one photo must not end the run
+            log.exception("processing %s failed", item.path)
+            return Outcome.of(item, Status.ERROR, INTERNAL_ERROR, _first_line(exc))
+        finally:
+            self._clock.merge(times)
+
+    def _prepare(self, item: IngestItem, times: StageTimes) -> _Accepted | Outcome:
+        with times.stage("read"):
+            try:
+                data = item.path.read_bytes()
+            except OSError as exc:
+                return Outcome.of(item, Status.ERROR, READ_ERROR, exc.strerror or _first_line(exc))
+            sha256 = hashlib.sha256(data).hexdigest()
+        if self._already_ingested(item, sha256, times):
+            return Outcome.of(item, Status.SKIPPED, ALREADY_INGESTED)
+        try:
+            with times.stage("decode"):
+                image = decode_image(data, max_pixels=self._settings.max_image_pixels)
+        except ImageDecodeError as exc:
+            return Outcome.of(item, Status.REJECTED, exc.code, exc.message)
+        choice = pick_face(self._pipeline.detect(image, times), self._gates)
+        if isinstance(choice, Verdict):
+            return Outcome.of(item, Status.REJECTED, choice.reason, choice.detail)
+        crop = self._pipeline.align(image, [choice], times)[0]
+        if (verdict := check_blur(crop, self._gates)) is not None:
+            return Outcome.of(item, Status.REJECTED, verdict.reason, verdict.detail)
+        return _Accepted(item, sha256, choice, crop)
+
+    def _already_ingested(self, item: IngestItem, sha256: str, times: StageTimes) -> bool:
+        """Cheap early skip for a resumed run; the writer checks again under the lock."""
+        identity_id = self._directory.cached(item)
+        if identity_id is None:
+            return False
+        with times.stage("check"), self._sessions() as session:
+            found = repo.find_face_by_image(
+                session, identity_id=identity_id, image_sha256=sha256, model=self._model
+            )
+            return found is not None
+
+
+def run_embedded(
+    items: Sequence[IngestItem],
+    *,
+    settings: Settings,
+    options: RunOptions,
+    tally: Tally,
+    stop: StopFlag,
+) -> RunInfo:
+    """Ingest `items` into settings' database; outcomes go to `tally`. Returns once all is committed."""
+    started = time.perf_counter()
+    pipeline, models = build_pipeline(settings)
+    model = models.embedder_tag
+    engine = make_engine(settings.resolved_database_url, pool_size=options.workers + 2)
+    clock = _StageClock()
+    try:
+        upgrade_to_head(engine)
+        sessions = make_session_factory(engine)
+        directory = IdentityDirectory()
+        with sessions() as session:
+            directory.load(session)
+        prepare = _Preparer(pipeline, settings, options.gates, sessions, directory, model, clock)
+        writer = _Writer(sessions, directory, model, tally, clock)
+        writer.start()
+        try:
+            _feed(items, prepare, pipeline, writer, options, tally, stop, clock)
+        finally:
+            writer.close()
+        writer.join()
+    finally:
+        engine.dispose()
+    return RunInfo(model=model, seconds=time.perf_counter() - started, stage_seconds=dict(clock.seconds))
+
+
+def _feed(
+    items: Iterable[IngestItem],
+    prepare: _Preparer,
+    pipeline: FacePipeline,
+    writer: _Writer,
+    options: RunOptions,
+    tally: Tally,
+    stop: StopFlag,
+    clock: _StageClock,
+) -> None:
+    """Keep the workers busy a bounded distance ahead; embed accepted crops in batches; hand them on."""
+    remaining = iter(items)
+    # Why bounded: decoded photos wait in memory until embedded; this keeps a few batches' worth at most.
+    ahead = options.workers * 2 + options.batch_size
+    batch: list[_Accepted] = []
+
+    def flush() -> None:
+        times = StageTimes()
+        with times.stage("embed"):
+            embeddings = pipeline.embedder.embed(np.stack([a.crop for a in batch]))
+        clock.merge(times)
+        writer.put(list(batch), embeddings)
+        batch.clear()
+
+    with ThreadPoolExecutor(options.workers, thread_name_prefix="ingest-worker") as pool:
+        pending: deque[Future[_Accepted | Outcome]] = deque()
+
+        def fill() -> None:
+            while len(pending) < ahead and not stop:
+                item = next(remaining, None)
+                if item is None:
+                    return
+                pending.append(pool.submit(prepare, item))
+
+        fill()
+        try:
+            while pending and not stop:
+                result = pending.popleft().result()
+                fill()
+                if isinstance(result, Outcome):
+                    tally.add(result)
+                    continue
+                batch.append(result)
+                if len(batch) >= options.batch_size:
+                    flush()
+            # Photos already detected and aligned are in flight too: embed and commit them.
+            if batch:
+                flush()
+        finally:
+            for future in pending:
+                future.cancel()
