@@ -48,8 +48,9 @@ def _eval_lfw(args: argparse.Namespace, settings: Any) -> int:
             cache_dir=_cache_dir(args, settings),
             workers=args.workers,
             progress=_progress(args),
+            engine=args.engine,
         )
-    except (ModelLoadError, FileNotFoundError) as exc:
+    except (ModelLoadError, FileNotFoundError, ModuleNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report.as_json()) if args.json else report.summary())
@@ -107,6 +108,12 @@ def register(commands: Any) -> None:
     _common(lfw)
     lfw.add_argument(
         "--limit", type=int, help="about N pairs and at most N probes (CI-sized; not comparable)"
+    )
+    lfw.add_argument(
+        "--engine",
+        choices=("facebank", "face_recognition"),
+        default="facebank",
+        help="our pipeline (default) or the face_recognition (dlib) peer through the same protocol",
     )
     lfw.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw"), help="LFW image folder")
     lfw.add_argument("--pairs", type=Path, default=Path("../shared/data/lfw-pairs.txt"), help="pairs.txt")

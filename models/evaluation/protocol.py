@@ -17,8 +17,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+
+Metric = Literal["cosine", "euclidean"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,13 +162,15 @@ def identification_ranks(
     gallery: np.ndarray,
     gallery_ids: Sequence[object] | np.ndarray,
     *,
+    metric: Metric = "cosine",
     chunk: int = 2048,
 ) -> np.ndarray:
-    """0-based rank of each probe's true identity among gallery entries by cosine (higher is better).
+    """0-based rank of each probe's true identity among gallery entries (by :func:`pair_scores`' metric).
 
-    Inputs are L2-normalised rows; a row of NaN is a failure. A failed probe, or a probe whose identity has
-    no (scored) gallery entry, gets rank ``len(gallery)`` — a miss at every k. Failed gallery rows never
-    rank. Ties are resolved in the probe's favour (rank counts strictly better entries).
+    Inputs are embedding rows (L2-normalised for ``"cosine"``); a row of NaN is a failure. A failed probe,
+    or a probe whose identity has no (scored) gallery entry, gets rank ``len(gallery)``: a miss at every k.
+    Failed gallery rows never rank. Ties are resolved in the probe's favour (only strictly better entries
+    count).
     """
     probes, gallery = np.asarray(probes, np.float32), np.asarray(gallery, np.float32)
     probe_ids, gallery_ids = np.asarray(probe_ids), np.asarray(gallery_ids)
@@ -179,7 +184,7 @@ def identification_ranks(
         block = probes[start : start + chunk]
         ids = probe_ids[start : start + chunk].tolist()
         ok = ~np.isnan(block).any(axis=1)
-        scores = np.where(ok[:, None], block, 0.0) @ gallery_clean.T
+        scores = _similarity(np.where(ok[:, None], block, 0.0), gallery_clean, metric)
         scores[:, ~gallery_ok] = -np.inf
         for row, identity in enumerate(ids):
             col = column.get(identity)
@@ -213,9 +218,23 @@ def identification_top_k(
     return top_k_rates(identification_ranks(probes, probe_ids, gallery, gallery_ids), ks)
 
 
-def pair_scores(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of L2-normalised embeddings; NaN where either row is a failure (NaN)."""
-    return np.sum(np.asarray(left, np.float64) * np.asarray(right, np.float64), axis=1)
+def pair_scores(left: np.ndarray, right: np.ndarray, metric: Metric = "cosine") -> np.ndarray:
+    """Row-wise similarity (higher = more alike); NaN where either row is a failure (NaN).
+
+    ``"cosine"``: dot product of L2-normalised rows. ``"euclidean"``: minus the Euclidean distance, the
+    metric face_recognition (dlib) is built for.
+    """
+    left, right = np.asarray(left, np.float64), np.asarray(right, np.float64)
+    if metric == "euclidean":
+        return -np.linalg.norm(left - right, axis=1)
+    return np.sum(left * right, axis=1)
+
+
+def _similarity(probes: np.ndarray, gallery: np.ndarray, metric: Metric) -> np.ndarray:
+    if metric == "euclidean":
+        squared = (probes**2).sum(1)[:, None] + (gallery**2).sum(1)[None, :] - 2 * probes @ gallery.T
+        return -np.sqrt(np.maximum(squared, 0.0))
+    return probes @ gallery.T
 
 
 def calibrate_threshold(embeddings: np.ndarray, identities: Sequence[object], far: float) -> OperatingPoint:
@@ -239,6 +258,7 @@ def calibrate_threshold(embeddings: np.ndarray, identities: Sequence[object], fa
 
 __all__ = [
     "FoldResult",
+    "Metric",
     "OperatingPoint",
     "accuracy_at",
     "best_threshold",

@@ -31,7 +31,9 @@ from models.evaluation.lfw import (
     list_images,
     read_pairs,
 )
+from models.evaluation.peers import PEER, embed_with_face_recognition, peer_version
 from models.evaluation.protocol import (
+    Metric,
     OperatingPoint,
     calibrate_threshold,
     identification_ranks,
@@ -159,8 +161,8 @@ class LfwReport:
             f"verification: {100 * self.verification_accuracy:.2f} ± {100 * self.verification_std:.2f} % "
             f"over {len(self.fold_accuracies)} folds ({self.pairs} pairs, {self.pairs_with_no_face} with "
             "a no-face image, counted wrong)",
-            f"TAR@FAR=1e-3: {100 * point.tar:.2f} % (threshold {point.threshold:.4f}, FAR {point.far:.5f} "
-            f"over {point.impostor} impostor pairs)",
+            f"TAR@FAR=1e-3: {100 * point.tar:.2f} % (score threshold {point.threshold:.4f}, "
+            f"FAR {point.far:.5f} over {point.impostor} impostor pairs)",
             f"identification: top-1 {100 * self.top_k[1]:.2f} %, top-5 {100 * self.top_k[5]:.2f} %, "
             f"top-10 {100 * self.top_k[10]:.2f} % ({self.probes} probes against {self.gallery} gallery "
             f"identities; {self.probes_missed_no_face} probes missed for want of a face)",
@@ -179,8 +181,13 @@ def evaluate_lfw(
     cache_dir: Path | None = None,
     workers: int = 2,
     progress: Progress | None = None,
+    engine: str = "facebank",
 ) -> LfwReport:
-    """LFW verification (10 folds of pairs.txt) and identification (first image per person as gallery)."""
+    """LFW verification (10 folds of pairs.txt) and identification (first image per person as gallery).
+
+    ``engine="facebank"`` runs the service's pipeline built from ``settings``; ``"face_recognition"`` runs
+    the dlib-based peer (:mod:`models.evaluation.peers`) through the same protocol, with its own metric.
+    """
     started = time.perf_counter()
     pairs = read_pairs(pairs_path)
     split = identification_split(list_images(lfw_dir))
@@ -193,21 +200,27 @@ def evaluate_lfw(
         {p.left for p in pairs} | {p.right for p in pairs} | set(split.gallery) | set(split.probes)
     )
     row = {image: i for i, image in enumerate(images)}
-    embedded = embed_paths(
-        settings,
-        [image.path(lfw_dir) for image in images],
-        choice="central",
-        cache_dir=cache_dir,
-        workers=workers,
-        progress=progress,
-    )
+    paths = [image.path(lfw_dir) for image in images]
+    metric: Metric = "cosine"
+    if engine == "facebank":
+        embedded = embed_paths(
+            settings, paths, choice="central", cache_dir=cache_dir, workers=workers, progress=progress
+        )
+    elif engine == PEER:
+        batch = embed_with_face_recognition(paths, cache_dir=cache_dir, workers=workers, progress=progress)
+        embedded = EmbeddedSet(
+            batch=batch, model=f"{PEER} ({peer_version()})", detector="dlib HOG (upsample 1)"
+        )
+        metric = "euclidean"
+    else:
+        raise ValueError(f"unknown engine {engine!r}; known: facebank, {PEER}")
     vectors, found = embedded.embeddings, embedded.batch.found
 
     left = np.array([row[p.left] for p in pairs])
     right = np.array([row[p.right] for p in pairs])
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
-    scores = pair_scores(vectors[left], vectors[right])
+    scores = pair_scores(vectors[left], vectors[right], metric)
     result = ten_fold_accuracy(scores, same, folds)
     point = tar_at_far(scores, same, FAR)
 
@@ -218,6 +231,7 @@ def evaluate_lfw(
         [i.name for i in split.probes],
         vectors[gallery_rows],
         [i.name for i in split.gallery],
+        metric=metric,
     )
     gallery_found = {image.name for image in split.gallery if found[row[image]]}
     probe_missed = sum(

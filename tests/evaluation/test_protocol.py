@@ -162,3 +162,13 @@ def test_calibrate_threshold_refuses_failed_faces() -> None:
     vectors[0] = np.nan
     with pytest.raises(ValueError, match="found faces only"):
         calibrate_threshold(vectors, ["a", "b"], 1e-3)
+
+
+def test_the_euclidean_metric_scores_minus_the_distance_and_ranks_by_it() -> None:
+    left = np.array([[0.0, 0.0], [1.0, 1.0]])
+    right = np.array([[3.0, 4.0], [1.0, 1.0]])
+    assert pair_scores(left, right, "euclidean").tolist() == [-5.0, 0.0]
+    gallery = np.array([[0.0, 0.0], [10.0, 0.0]])
+    probes = np.array([[1.0, 0.0], [6.0, 0.0]])
+    ranks = identification_ranks(probes, ["a", "a"], gallery, ["a", "b"], metric="euclidean")
+    assert ranks.tolist() == [0, 1]
