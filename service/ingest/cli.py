@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -52,6 +53,11 @@ def register(commands: Any) -> None:
     parser.add_argument("path", type=Path, help="gallery folder or .csv manifest")
     parser.add_argument(
         "--url", help="ingest through the server at this base URL (e.g. http://127.0.0.1:8000)"
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("FACEBANK_API_KEY"),
+        help="--url: API key with the enroll and identify scopes (default FACEBANK_API_KEY)",
     )
     parser.add_argument(
         "--report", type=Path, help="write totals and every skipped/rejected/failed photo (.json or .csv)"
@@ -208,7 +214,7 @@ def _run(
             items,
             base_url=args.url,
             settings=settings,
-            options=RemoteOptions(gates=gates, concurrency=workers),
+            options=RemoteOptions(gates=gates, concurrency=workers, api_key=args.api_key),
             tally=tally,
             stop=stop,
         )

@@ -70,6 +70,7 @@ class RemoteOptions:
     backoff_s: float = 0.25
     max_backoff_s: float = 8.0
     timeout_s: float = 120.0
+    api_key: str | None = None  # sent as `Authorization: Bearer KEY`; needs the enroll and identify scopes
 
 
 @dataclass(slots=True)
@@ -128,14 +129,20 @@ class _GaveUp(Exception):
     """A request still failed after every retry."""
 
 
+class _Refused(Exception):
+    """The server refused our credentials (401/403): no photo can go through, so the run stops."""
+
+
 class _Client:
     """One httpx client (kept-alive connections, bounded pool) with retries for idempotent requests."""
 
     def __init__(self, base_url: str, options: RemoteOptions, transport: httpx.AsyncBaseTransport | None):
         self.options = options
         self.info = RemoteInfo()
+        headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else None
         self.http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
+            headers=headers,
             timeout=httpx.Timeout(options.timeout_s, connect=10.0),
             limits=httpx.Limits(
                 max_connections=options.concurrency, max_keepalive_connections=options.concurrency
@@ -160,6 +167,9 @@ class _Client:
         if response.status_code in RETRY_STATUS:
             log.debug("%s %s: %s", method, url, response.status_code)
             return None
+        if response.status_code in (401, 403):
+            hint = "" if self.options.api_key else " (no API key given: set FACEBANK_API_KEY or --api-key)"
+            raise _Refused(f"{method} {url}: {response.status_code} {_error_text(response)}{hint}")
         return response
 
     async def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -220,11 +230,13 @@ class _RemoteIngester:
         async with self.client.http:
             try:
                 response = await self.client.send("GET", "/healthz")
+                if response.status_code != 200:
+                    raise RemoteError(f"{self.client.http.base_url}/healthz answered {response.status_code}")
+                await self._load_identities()
             except _GaveUp as exc:
-                raise RemoteError(f"server {self.client.http.base_url} is not reachable") from exc
-            if response.status_code != 200:
-                raise RemoteError(f"{self.client.http.base_url}/healthz answered {response.status_code}")
-            await self._load_identities()
+                raise RemoteError(f"server {self.client.http.base_url} is not reachable: {exc}") from exc
+            except _Refused as exc:
+                raise RemoteError(f"the server refused the request: {exc}") from exc
             slots = asyncio.Semaphore(self.options.concurrency)
             tasks: set[asyncio.Task[None]] = set()
             for item in items:
@@ -272,11 +284,12 @@ class _RemoteIngester:
     async def _one(self, item: IngestItem) -> None:
         try:
             outcome = await self._process(item)
-        except _GaveUp as exc:
+        except (_GaveUp, _Refused) as exc:
             outcome = Outcome.of(item, Status.ERROR, HTTP_ERROR, str(exc))
-            # Why stop: the retry budget is spent, so the server is down; more requests would only pile up.
+            # Why stop: the server is down past the retry budget, or refuses us; more would only pile up.
             if self._fatal is None:
-                self._fatal = f"server unavailable: {exc}"
+                what = "server unavailable" if isinstance(exc, _GaveUp) else "the server refused the request"
+                self._fatal = f"{what}: {exc}"
                 self.stop.set()
         except Exception as exc:  # one photo must not end the run
             log.exception("processing %s failed", item.path)

@@ -103,7 +103,11 @@ def write_report(path: Path, tally: Tally, meta: dict[str, Any]) -> None:
     document = {
         "meta": meta,
         "totals": tally.totals(),
-        "reasons": {status: dict(counts.most_common()) for status, counts in tally.by_reason.items()},
+        "reasons": {
+            status: dict(counts.most_common())
+            for status, counts in tally.by_reason.items()
+            if status != Status.INGESTED
+        },
         "rows": [asdict(row) for row in rows],
     }
     path.write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")

@@ -134,6 +134,7 @@ class FakeFacebank:
         self.calls: list[str] = []
         # route -> outcomes for its next calls: "503", "drop" (no answer), "commit-drop" (do it, lose answer)
         self.script: dict[str, list[str]] = {}
+        self.api_key: str | None = None  # when set, /v1 wants `Authorization: Bearer <it>`
 
     def _detect(self, image: bytes) -> dict[str, Any]:
         width, height = Image.open(io.BytesIO(image)).size
@@ -156,6 +157,12 @@ class FakeFacebank:
             return httpx.Response(503, json={"error": {"code": "unavailable", "message": "busy"}})
         if action == "drop":
             raise httpx.ConnectError("connection refused", request=request)
+        if (
+            self.api_key
+            and path.startswith("/v1")
+            and request.headers.get("authorization") != f"Bearer {self.api_key}"
+        ):
+            return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "send an API key"}})
         response = self._handle(request, method, path)
         if action == "commit-drop":
             raise httpx.ReadError("connection reset after the server committed", request=request)
@@ -225,12 +232,13 @@ def _photos(tmp_path: Path, names: list[str]) -> list[IngestItem]:
 
 
 def _run(fake: FakeFacebank, items: list[IngestItem], tmp_path: Path, **options: Any) -> Tally:
+    options.setdefault("backoff_s", 0.001)
     tally = Tally()
     run_remote(
         items,
         base_url="http://facebank.test",
         settings=Settings(data_dir=tmp_path, model_dir=tmp_path / "none"),
-        options=RemoteOptions(gates=Gates(), backoff_s=0.001, **options),
+        options=RemoteOptions(gates=Gates(), **options),
         tally=tally,
         stop=StopFlag(),
         transport=httpx.MockTransport(fake),
@@ -309,3 +317,13 @@ def test_the_run_stops_with_an_error_when_the_server_stays_down(tmp_path: Path) 
             transport=httpx.MockTransport(fake),
         )
     assert tally.by_status[Status.ERROR] >= 1 and tally.processed < 8, "it stopped instead of trying all"
+
+
+def test_the_api_key_is_sent_and_a_refusal_stops_the_run_with_a_hint(tmp_path: Path) -> None:
+    fake = FakeFacebank()
+    fake.api_key = "fbk_secret"
+    items = _photos(tmp_path, ["Ada", "Alan"])
+
+    with pytest.raises(RemoteError, match=r"refused.*401.*FACEBANK_API_KEY"):
+        _run(fake, items, tmp_path)
+    assert _run(fake, items, tmp_path, api_key="fbk_secret").totals()["ingested"] == 2
