@@ -1,14 +1,22 @@
-"""Decode uploaded bytes once, at the edge: sniff the format, apply EXIF orientation, return RGB."""
+"""Decode uploaded bytes once, at the edge: sniff the format, apply EXIF orientation, return RGB.
+
+Uploads are hostile until decoded. The format comes from the bytes, never from a file name or content type;
+the pixel count is checked from the header before any pixel is decoded (decompression bombs); only the first
+frame of an animation is read; and any failure inside Pillow becomes an `ImageDecodeError`.
+"""
 
 from __future__ import annotations
 
 import io
-import warnings
+import logging
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Formats a camera, phone or browser produces; anything else is refused before decoding.
+log = logging.getLogger(__name__)
+
+# Formats a camera, phone or browser produces; anything else is refused before decoding. (A JPEG carrying
+# extra pictures, as phones write them, opens through the JPEG plugin as MPO; its first picture is the photo.)
 ACCEPTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 
 
@@ -26,28 +34,44 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageDecodeError("invalid_image", "the uploaded file is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
-            if image.width * image.height > max_pixels:
-                raise ImageDecodeError(
-                    "image_too_large",
-                    f"image is {image.width}x{image.height} pixels; the limit is {max_pixels} pixels",
-                )
-            image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image) or image
-            return _to_rgb(image)
+        # Why no warnings.catch_warnings() to turn DecompressionBombWarning into an error: it swaps a
+        # process-wide filter and is not thread-safe. The explicit check below runs before decoding instead.
+        image = Image.open(io.BytesIO(data), formats=sorted(ACCEPTED_FORMATS))
+        if image.width < 1 or image.height < 1:
+            raise ImageDecodeError("invalid_image", f"the image is {image.width}x{image.height} pixels")
+        if image.width * image.height > max_pixels:
+            raise ImageDecodeError(
+                "image_too_large",
+                f"image is {image.width}x{image.height} pixels; the limit is {max_pixels} pixels",
+            )
+        image.seek(0)
+        image.load()
+        return _to_rgb(_upright(image))
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageDecodeError("image_too_large", f"image exceeds the pixel limit: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(
             "invalid_image", "the file is not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF)"
         ) from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except MemoryError as exc:
+        raise ImageDecodeError("image_too_large", "the image needs too much memory to decode") from exc
+    except Exception as exc:
+        # Why this broad: malformed files make Pillow's parsers raise almost anything (OSError, ValueError,
+        # SyntaxError, EOFError, struct.error, IndexError, KeyError, ZeroDivisionError...). Each is the
+        # uploader's problem, not the server's.
+        log.debug("image decoding failed", exc_info=True)
         raise ImageDecodeError("invalid_image", f"the image could not be decoded: {exc}") from exc
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a malformed EXIF block leaves the pixels as stored rather than failing."""
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # the orientation is a nicety, the pixels are what matter
+        log.debug("ignoring unreadable EXIF orientation", exc_info=True)
+        return image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -58,9 +82,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
     if image.mode == "F":
         array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
         span = max(float(array.max() - array.min()), 1e-12)
         image = Image.fromarray(((array - array.min()) * (255.0 / span)).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    ):
         # Transparent pixels become white rather than whatever colour they happen to hide.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
