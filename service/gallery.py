@@ -2,6 +2,10 @@
 
 Writes commit to SQL first and then touch the index, so a crash between the two leaves SQL right
 and the next start rebuilds the index. Reads filter out keys whose rows are already gone.
+
+Writers hold `Gallery.writing()` around their commit and the index update that follows it, so index updates
+happen in commit order: an enrollment that commits just before its identity is deleted is always removed,
+never re-added after the deletion's removal.
 """
 
 from __future__ import annotations
@@ -9,8 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -28,6 +33,9 @@ class IndexAudit:
     index_faces: int
     missing_from_index: int
     stale_in_index: int
+    # Up to ten of each, for a report.
+    missing_keys: list[int] = field(default_factory=list)
+    stale_keys: list[int] = field(default_factory=list)
 
     @property
     def in_step(self) -> bool:
@@ -42,18 +50,30 @@ class Gallery:
         self.model_tag = model_tag
         self._sessions = session_factory
         self._owner: dict[int, uuid.UUID] = {}
+        self._keys_of: dict[uuid.UUID, set[int]] = {}
         self._lock = threading.Lock()
+        # Held across "commit, then update the index" by every writer; never while searching.
+        self._write_lock = threading.RLock()
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold around a write's commit and its `added`/`removed` call: index updates follow commit order."""
+        with self._write_lock:
+            yield
 
     def rebuild(self) -> int:
         """Reload every embedding of the active model from SQL; returns the number of faces."""
         owners: dict[int, uuid.UUID] = {}
-        with self._lock:
+        with self._write_lock, self._lock:
             self.index.reset()
             with self._sessions() as session:
                 for keys, vectors, identity_ids in repo.iter_embeddings(session, model=self.model_tag):
                     self.index.add(keys, vectors)
                     owners.update(zip(keys.tolist(), identity_ids, strict=True))
             self._owner = owners
+            self._keys_of = {}
+            for key, owner in owners.items():
+                self._keys_of.setdefault(owner, set()).add(key)
         log.info("index rebuilt from SQL: %d faces of model %s", len(owners), self.model_tag)
         return len(owners)
 
@@ -62,13 +82,25 @@ class Gallery:
         with self._lock:
             self.index.add(np.array([key]), embedding[None, :])
             self._owner[key] = identity_id
+            self._keys_of.setdefault(identity_id, set()).add(key)
 
-    def removed(self, keys: Sequence[int]) -> None:
-        """Forget faces already deleted from SQL."""
+    def removed(self, keys: Sequence[int], *, identity_id: uuid.UUID | None = None) -> None:
+        """Forget faces already deleted from SQL; with `identity_id`, every face of that identity too.
+
+        Why both: on SQLite the keys an identity deletion lists are read before its DELETE, so a face
+        committed in between is removed by the database's cascade without being listed.
+        """
         with self._lock:
-            self.index.remove(np.asarray(keys, dtype=np.int64))
-            for key in keys:
-                self._owner.pop(key, None)
+            doomed = set(keys)
+            if identity_id is not None:
+                doomed |= self._keys_of.pop(identity_id, set())
+            self.index.remove(np.fromiter(doomed, dtype=np.int64, count=len(doomed)))
+            for key in doomed:
+                owner = self._owner.pop(key, None)
+                if owner is not None and (owned := self._keys_of.get(owner)) is not None:
+                    owned.discard(key)
+                    if not owned:
+                        del self._keys_of[owner]
 
     def identify(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
         """Top-k identities per query, each scored by its best face."""
@@ -103,14 +135,23 @@ class Gallery:
         return []
 
     def audit(self) -> IndexAudit:
-        with self._sessions() as session:
-            sql_keys = set()
-            for keys, _, _ in repo.iter_embeddings(session, model=self.model_tag):
-                sql_keys.update(keys.tolist())
-        index_keys = set(self.index.ids().tolist())
+        """Compare the index with SQL; writers are held off meanwhile, so both are seen at one moment."""
+        with self._write_lock:
+            with self._sessions() as session:
+                sql_keys = set()
+                for keys, _, _ in repo.iter_embeddings(session, model=self.model_tag):
+                    sql_keys.update(keys.tolist())
+            index_keys = set(self.index.ids().tolist())
+            with self._lock:
+                owned_keys = set(self._owner)
+        missing = sql_keys - index_keys
+        # A key in the index that SQL lacks, or one the owner map forgot, is stale either way.
+        stale = (index_keys - sql_keys) | (index_keys ^ owned_keys)
         return IndexAudit(
             sql_faces=len(sql_keys),
             index_faces=len(index_keys),
-            missing_from_index=len(sql_keys - index_keys),
-            stale_in_index=len(index_keys - sql_keys),
+            missing_from_index=len(missing),
+            stale_in_index=len(stale),
+            missing_keys=sorted(missing)[:10],
+            stale_keys=sorted(stale)[:10],
         )
