@@ -1,25 +1,58 @@
-"""The `facebank` command: serve, models, and the tools that compose the rest."""
+"""The `facebank` command: serve, models, keys, doctor, and the tools that compose the rest."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from service.storage.tables import ApiKey
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[Session]:
+    """A session on the configured database, migrated to the newest schema first."""
+    from service.storage import make_engine, make_session_factory, upgrade_to_head
+
+    engine = make_engine(settings.resolved_database_url, pool_size=1, max_overflow=0)
+    try:
+        upgrade_to_head(engine)
+        with make_session_factory(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from service.api import create_app
+    from service.security import NO_KEYS_HINT, is_loopback
+    from service.storage import keys as key_repo
 
     settings = settings.model_copy(
         update={"host": args.host or settings.host, "port": args.port or settings.port}
     )
+    if not is_loopback(settings.host):
+        # The rule: with no API key, serve only on loopback. The app checks again at start.
+        with _database(settings) as session:
+            if not key_repo.has_active_keys(session):
+                print(
+                    f"error: refusing to serve on {settings.host}: no API key exists, so anyone who can "
+                    f"reach it could use the service; {NO_KEYS_HINT}",
+                    file=sys.stderr,
+                )
+                return 2
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -61,6 +94,268 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from service.security import cli_principal, issue_key, parse_scopes
+
+    try:
+        scopes = parse_scopes(args.scope)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with _database(settings) as session:
+        issued = issue_key(session, name=args.name, scopes=scopes, actor=cli_principal())
+        session.commit()
+    key = issued.key
+    print(f"created key {key.id} {key.name!r} with scope(s) {', '.join(key.scopes)}", file=sys.stderr)
+    print("the key is shown this once; store it now (only its hash is kept):", file=sys.stderr)
+    print(issued.token)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from service.storage import keys as key_repo
+
+    with _database(settings) as session:
+        keys = key_repo.list_keys(session, include_revoked=args.all)
+    if not keys:
+        print("no API keys", file=sys.stderr)
+        return 0
+    print(f"{'id':36}  {'prefix':12}  {'scopes':22}  {'created':20}  {'state':8}  name")
+    for key in keys:
+        state = "revoked" if key.revoked_at else "active"
+        created = key.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(
+            f"{key.id!s:36}  {key.prefix:12}  {','.join(key.scopes):22}  {created:20}  {state:8}  {key.name}"
+        )
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from service.security import cli_principal, revoke_key
+    from service.storage import keys as key_repo
+
+    with _database(settings) as session:
+        found: list[ApiKey] = []
+        try:
+            by_id = key_repo.get_key(session, key_id=uuid.UUID(args.key))
+            found = [by_id] if by_id is not None else []
+        except ValueError:  # not an id: a prefix as `keys list` shows it
+            if len(args.key) >= 6:
+                found = key_repo.find_keys_by_prefix(session, prefix=args.key)
+        if len(found) != 1:
+            what = "no key matches" if not found else f"{len(found)} keys match"
+            print(
+                f"error: {what} {args.key!r}; give the id or prefix from `facebank keys list`",
+                file=sys.stderr,
+            )
+            return 1
+        key = found[0]
+        already = key.revoked_at is not None
+        revoke_key(session, key_id=key.id, actor=cli_principal())
+        session.commit()
+    print(f"key {key.id} ({key.prefix}, {key.name!r}) {'was already' if already else 'is now'} revoked")
+    return 0
+
+
+class _Report:
+    """What `facebank doctor` found: lines for a person, and whether anything is still wrong."""
+
+    def __init__(self) -> None:
+        self.problems = 0
+
+    def ok(self, message: str) -> None:
+        print(f"ok     {message}")
+
+    def problem(self, message: str) -> None:
+        self.problems += 1
+        print(f"FAIL   {message}")
+
+    def fixed(self, message: str) -> None:
+        self.problems -= 1
+        print(f"fixed  {message}")
+
+    def note(self, message: str) -> None:
+        print(f"       {message}")
+
+
+def _doctor(args: argparse.Namespace, settings: Settings) -> int:
+    """Check SQL, model versions and the index; with --fix, repair what can be repaired without loss.
+
+    The index is an in-memory cache each server rebuilds from SQL at start, so it cannot be wrong on disk.
+    Offline, the doctor rebuilds one the way a server does and compares it with SQL. With --server it also
+    compares a running server's index with SQL (GET /v1/admin/index), and --fix asks that server to rebuild
+    it (POST /v1/admin/index/rebuild), which is what a restart would do, without the downtime.
+    """
+    from models.manifest import PROJECT_MANIFEST, ManifestError, load_manifest
+    from service.gallery import Gallery
+    from service.index import make_index
+    from service.security import cli_principal
+    from service.storage import (
+        StorageError,
+        current_revision,
+        head_revision,
+        integrity,
+        make_engine,
+        make_session_factory,
+        upgrade_to_head,
+    )
+    from service.storage import repository as repo
+
+    report = _Report()
+    if args.drop_other_models and not args.fix:
+        print("error: --drop-other-models deletes faces; give it together with --fix", file=sys.stderr)
+        return 2
+    engine = make_engine(settings.resolved_database_url, pool_size=1, max_overflow=0)
+    try:
+        # 1. The schema.
+        revision, head = current_revision(engine), head_revision()
+        if revision == head:
+            report.ok(f"database schema at the newest revision ({head})")
+        else:
+            report.problem(f"database schema at {revision or 'nothing'}, the newest is {head}")
+            if not args.fix:
+                report.note("run `facebank doctor --fix` (or start the server) to migrate; stopping here")
+                return 1
+            upgrade_to_head(engine)
+            report.fixed(f"migrated the schema to {head}")
+        sessions = make_session_factory(engine)
+
+        # 2. Which model the server would use.
+        prepared = settings.model_dir / "manifest.toml"
+        try:
+            entry = load_manifest(prepared if prepared.is_file() else PROJECT_MANIFEST).get(settings.embedder)
+        except (ManifestError, KeyError, OSError) as exc:
+            report.problem(f"cannot tell the active embedder {settings.embedder!r}: {exc}")
+            return 1
+        if entry.embedder is None:
+            report.problem(f"{settings.embedder!r} is not an embedder in the manifest")
+            return 1
+        tag, dim = entry.tag, int(entry.embedder.dim)
+        report.ok(f"active embedder {tag} ({dim} dimensions)")
+
+        # 3. Model-version mixing: faces of other models are invisible to search.
+        actor = cli_principal()
+        with sessions() as session:
+            models = repo.models_in_use(session)
+            others = {m: n for m, n in models.items() if m != tag}
+            report.ok(f"{models.get(tag, 0)} faces embedded with {tag}")
+            if others:
+                stranded = integrity.identities_missing_model(session, model=tag)
+                listing = ", ".join(f"{n} of {m}" for m, n in others.items())
+                report.problem(f"faces of other models, invisible to search: {listing}")
+                report.note(
+                    f"{len(stranded)} identities have no face of {tag} and cannot be found until "
+                    "re-enrolled with it"
+                )
+                if args.drop_other_models:
+                    removed = integrity.delete_faces(
+                        session, keys=integrity.face_keys_of_other_models(session, model=tag)
+                    )
+                    _audit_deletions(session, actor, removed, reason="doctor: other embedding model")
+                    session.commit()
+                    report.fixed(f"deleted {len(removed)} faces of other models")
+                else:
+                    report.note("re-enroll those people, or `--fix --drop-other-models` to delete the faces")
+
+            # 4. Stored vectors the index cannot take.
+            malformed = integrity.malformed_face_keys(session, model=tag, dim=dim)
+            unusable = malformed + _unusable_vectors(session, tag, dim)
+            if unusable:
+                report.problem(
+                    f"{len(unusable)} faces of {tag} have unusable embeddings (wrong size or values)"
+                )
+                if args.fix:
+                    removed = integrity.delete_faces(session, keys=unusable)
+                    _audit_deletions(session, actor, removed, reason="doctor: unusable embedding")
+                    session.commit()
+                    report.fixed(f"deleted {len(removed)} faces with unusable embeddings; re-enroll them")
+            else:
+                report.ok(f"every embedding of {tag} has {dim} finite values of unit length")
+
+        # 5. The index a server would build from SQL.
+        gallery = Gallery(make_index(dim, search_threads=1), sessions, tag)
+        try:
+            gallery.rebuild()
+            audit = gallery.audit()
+        except StorageError as exc:
+            report.problem(f"an index cannot be built from SQL: {exc}")
+        else:
+            if audit.in_step:
+                report.ok(f"an index rebuilt from SQL holds exactly its {audit.sql_faces} faces")
+            else:
+                report.problem(f"an index rebuilt from SQL differs from it: {audit}")
+
+        # 6. A running server's index.
+        if args.server:
+            _doctor_server(report, args.server.rstrip("/"), args.api_key, fix=args.fix)
+    finally:
+        engine.dispose()
+    print("healthy" if report.problems <= 0 else f"{report.problems} problem(s) remain")
+    return 0 if report.problems <= 0 else 1
+
+
+def _unusable_vectors(session: Session, model: str, dim: int) -> list[int]:
+    """Keys of vectors with NaN/infinity or far from unit length (the model's output is L2-normalised)."""
+    import numpy as np
+
+    from service.storage import integrity
+    from service.storage.repository import from_bytes
+
+    bad: list[int] = []
+    for key, blob in integrity.iter_vectors(session, model=model, dim=dim):
+        vector = from_bytes(blob, dim)
+        with np.errstate(all="ignore"):
+            if not np.isfinite(vector).all() or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
+                bad.append(key)
+    return bad
+
+
+def _audit_deletions(session: Session, actor: Any, removed: list[Any], *, reason: str) -> None:
+    from service.security import Actions, record
+
+    for _key, face_id, identity_id in removed:
+        record(
+            session,
+            actor,
+            Actions.FACE_DELETE,
+            "face",
+            face_id,
+            {"identity_id": str(identity_id), "reason": reason},
+        )
+
+
+def _doctor_server(report: _Report, server: str, api_key: str | None, *, fix: bool) -> None:
+    import httpx
+
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        with httpx.Client(base_url=server, headers=headers, timeout=120.0) as http:
+            response = http.get("/v1/admin/index")
+            if response.status_code != 200:
+                report.problem(
+                    f"{server}: GET /v1/admin/index answered {response.status_code}: {response.text}"
+                )
+                return
+            body = response.json()
+            if body["in_step"]:
+                report.ok(f"{server}: its index holds exactly the {body['sql_faces']} faces in SQL")
+                return
+            report.problem(
+                f"{server}: its index differs from SQL ({body['missing_from_index']} missing, "
+                f"{body['stale_in_index']} stale)"
+            )
+            if not fix:
+                report.note("`--fix` asks the server to rebuild its index from SQL (no restart needed)")
+                return
+            after = http.post("/v1/admin/index/rebuild").json()
+            if after.get("in_step"):
+                report.fixed(f"{server}: rebuilt its index from SQL ({after['index_faces']} faces)")
+            else:
+                report.note(f"{server}: still differs after a rebuild (writes in flight?): {after}")
+    except httpx.HTTPError as exc:
+        report.problem(f"{server}: cannot reach the server: {exc}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facebank", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -81,6 +376,37 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(handler=_models_prepare)
     listing = models_commands.add_parser("list", help="models in the manifest; * marks the active ones")
     listing.set_defaults(handler=_models_list)
+
+    keys = commands.add_parser("keys", help="create, list and revoke API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("--name", required=True, help="who or what the key is for")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        help="admin, enroll or identify; repeat or separate with commas",
+    )
+    create.set_defaults(handler=_keys_create)
+    key_listing = keys_commands.add_parser("list", help="keys with their prefixes and scopes (never secrets)")
+    key_listing.add_argument("--all", action="store_true", help="include revoked keys")
+    key_listing.set_defaults(handler=_keys_list)
+    revoke = keys_commands.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key", help="the key's id, or its prefix as `keys list` shows it")
+    revoke.set_defaults(handler=_keys_revoke)
+
+    doctor = commands.add_parser(
+        "doctor", help="check (and with --fix repair) the database, model versions and the search index"
+    )
+    doctor.add_argument("--fix", action="store_true", help="apply the repairs that lose nothing usable")
+    doctor.add_argument(
+        "--drop-other-models",
+        action="store_true",
+        help="with --fix: delete faces embedded by models other than the active one",
+    )
+    doctor.add_argument("--server", help="also check a running server's index, e.g. http://127.0.0.1:8000")
+    doctor.add_argument("--api-key", help="admin key for --server (default FACEBANK_API_KEY)")
+    doctor.set_defaults(handler=_doctor)
 
     for register in _feature_commands():
         register(commands)

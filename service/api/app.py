@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,15 +13,19 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from service import __version__
+from service.api.auth import AuthMiddleware
 from service.api.errors import install_error_handlers
+from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import install_metrics
-from service.api.routes import health, identities, recognition
+from service.api.routes import admin, health, identities, recognition
 from service.api.state import AppState
 from service.config import Settings
 from service.gallery import Gallery
 from service.index import make_index
 from service.pipeline.factory import build_pipeline
 from service.runtime import LoadedModels
+from service.security import NO_KEYS_HINT, is_loopback
+from service.storage import keys as key_repo
 from service.storage.engine import make_engine, make_session_factory
 from service.storage.migrate import upgrade_to_head
 
@@ -28,12 +34,28 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 
 
+class NoKeysOnPublicAddress(RuntimeError):
+    """The server would listen beyond loopback while no API key exists, so anyone could use it."""
+
+
 def build_state(settings: Settings, models: LoadedModels | None = None) -> AppState:
-    """Open the database (migrated to head), load models, rebuild the index from SQL."""
-    pipeline, models = build_pipeline(settings, models)
+    """Open the database (migrated to head), load models, rebuild the index from SQL and verify it."""
     engine = make_engine(settings.resolved_database_url)
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
+    loopback = is_loopback(settings.host)
+    if not loopback:
+        with sessions() as session:
+            if not key_repo.has_active_keys(session):
+                engine.dispose()
+                raise NoKeysOnPublicAddress(
+                    f"refusing to serve on {settings.host}: no API key exists, so anyone could use the "
+                    f"service; {NO_KEYS_HINT}"
+                )
+    # Why one face over the limit: the API must see that a photo has too many faces to refuse it.
+    pipeline, models = build_pipeline(
+        settings.model_copy(update={"max_faces": settings.max_faces + 1}), models
+    )
     gallery = Gallery(
         make_index(
             models.embedder_config.dim, device=settings.device, search_threads=settings.search_threads
@@ -42,6 +64,9 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
         models.embedder_tag,
     )
     gallery.rebuild()
+    audit = gallery.audit()
+    if not audit.in_step:  # only if another writer changed SQL during the rebuild; /readyz reports it too
+        log.warning("index differs from SQL after the start-up rebuild: %s", audit)
     return AppState(
         settings=settings,
         engine=engine,
@@ -51,6 +76,8 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
         detector_tag=models.detector_tag,
         embedder_tag=models.embedder_tag,
         threshold=models.embedder_config.threshold,
+        open_without_keys=loopback,
+        image_slots=threading.BoundedSemaphore(max(2, os.cpu_count() or 2)),
     )
 
 
@@ -73,10 +100,14 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Order: the last added runs first, so metrics see everything, then the body limit, then authentication.
+    app.add_middleware(AuthMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
     install_metrics(app)
     app.include_router(health.router)
     app.include_router(identities.router)
     app.include_router(recognition.router)
+    app.include_router(admin.router)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

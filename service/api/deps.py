@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 from fastapi import Depends, Request, UploadFile
@@ -12,6 +13,10 @@ from sqlalchemy.orm import Session
 from service.api.errors import APIError
 from service.api.state import AppState
 from service.pipeline import ImageDecodeError, StageTimes, decode_image
+from service.schemas import DetectedFace
+
+# How long a request waits for a free image slot before it is told to come back later (503).
+IMAGE_SLOT_WAIT_S = 120.0
 
 
 def get_state(request: Request) -> AppState:
@@ -39,6 +44,17 @@ def get_times(request: Request) -> StageTimes:
 Times = Annotated[StageTimes, Depends(get_times)]
 
 
+@contextmanager
+def image_slot(state: AppState) -> Iterator[None]:
+    """Hold one of the slots that bound concurrent decoding and inference."""
+    if not state.image_slots.acquire(timeout=IMAGE_SLOT_WAIT_S):
+        raise APIError(503, "busy", "too many images are being processed; try again shortly")
+    try:
+        yield
+    finally:
+        state.image_slots.release()
+
+
 def read_image(
     upload: UploadFile | None, state: AppState, times: StageTimes, field: str = "image"
 ) -> tuple[Image.Image, bytes]:
@@ -55,3 +71,17 @@ def read_image(
     except ImageDecodeError as exc:
         status = 413 if exc.code == "image_too_large" else 422
         raise APIError(status, exc.code, f"{field}: {exc.message}") from exc
+
+
+def detect_faces(
+    state: AppState, picture: Image.Image, times: StageTimes, field: str = "image"
+) -> list[DetectedFace]:
+    """Faces in the picture, refusing a photo with more than the configured maximum (422 too_many_faces)."""
+    faces = state.pipeline.detect(picture, times)
+    limit = state.settings.max_faces
+    # The pipeline is built to keep one face more than the limit, so "more than the limit" is visible here.
+    if len(faces) > limit:
+        raise APIError(
+            422, "too_many_faces", f"{field} has more than {limit} faces; the limit is {limit} per photo"
+        )
+    return faces

@@ -2,12 +2,60 @@
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
+# Identity metadata is a small JSON object: its compact encoding is capped, and so is its nesting.
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 8
+
+
+def _storable_text(value: str) -> str:
+    """Refuse what a database cannot store faithfully: NUL (PostgreSQL text), lone surrogates (not UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _storable_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON object of at most MAX_METADATA_BYTES and MAX_METADATA_DEPTH levels, finite numbers only."""
+    if value is None:
+        return None
+    # Walked without recursion, so no input can exhaust the stack.
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"nests deeper than {MAX_METADATA_DEPTH} levels")
+            if isinstance(item, dict):
+                for key in item:
+                    _storable_text(key)
+                pending.extend((child, depth + 1) for child in item.values())
+            else:
+                pending.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            _storable_text(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"is {size} bytes of JSON; the limit is {MAX_METADATA_BYTES}")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable_text)]
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_storable_metadata)]
 Name = Field(min_length=1, max_length=256)
 ExternalId = Field(default=None, min_length=1, max_length=256)
 
@@ -15,17 +63,18 @@ ExternalId = Field(default=None, min_length=1, max_length=256)
 class IdentityCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Name
-    external_id: str | None = ExternalId
-    metadata: dict[str, Any] | None = None
+    name: Text = Name
+    external_id: Text | None = ExternalId
+    metadata: Metadata = None
 
 
 class IdentityUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=256)
-    external_id: str | None = ExternalId
-    metadata: dict[str, Any] | None = None
+    # Optional but never null: the document says so, and the route answers 422 to an explicit null.
+    name: Annotated[Text, Field(min_length=1, max_length=256)] | SkipJsonSchema[None] = None
+    external_id: Text | None = ExternalId
+    metadata: Metadata = None
 
 
 class Face(BaseModel):
@@ -100,3 +149,68 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each status answers with an ErrorResponse body."""
+    return {status: {"model": ErrorResponse} for status in sorted(statuses)}
+
+
+# Every /v1 route may answer these: no or a bad key, a missing scope, the database unreachable for the key.
+AUTH_ERRORS = (401, 403, 503)
+# Routes that read a body add: malformed body (400), too large (413), invalid (422).
+BODY_ERRORS = (400, 413, 422)
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Text = Field(min_length=1, max_length=128)
+    scopes: list[Literal["admin", "enroll", "identify"]] = Field(min_length=1, max_length=3)
+
+
+class ApiKeyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    # The secret itself: returned by the creating call only, never stored and never shown again.
+    key: str
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyOut]
+
+
+class AuditEventOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    actor_key_id: uuid.UUID | None
+    action: str
+    target_type: str
+    target_id: str | None
+    detail: dict[str, Any] | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEventOut]
+    # Pass as `before` for the next (older) page; null on the last page.
+    next_before: int | None
+
+
+class IndexReport(BaseModel):
+    model: str
+    sql_faces: int
+    index_faces: int
+    missing_from_index: int
+    stale_in_index: int
+    in_step: bool
+    # Faces stored under other embedding models (invisible to search), per model.
+    other_models: dict[str, int]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -22,3 +23,8 @@ class AppState:
     detector_tag: str
     embedder_tag: str
     threshold: float
+    # True when the server was configured to listen on loopback only: then, while no API key exists, local
+    # callers need none.
+    open_without_keys: bool
+    # Bounds how many uploads are decoded and run through the networks at once (memory and CPU).
+    image_slots: threading.BoundedSemaphore

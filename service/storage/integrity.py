@@ -6,7 +6,7 @@ Keyword-only; none of them commits.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
@@ -53,3 +53,17 @@ def delete_faces(session: Session, *, keys: Iterable[int]) -> list[tuple[int, uu
         deleted.extend((key, face_id, identity_id) for key, face_id, identity_id in rows)
     session.flush()
     return deleted
+
+
+def iter_vectors(
+    session: Session, *, model: str, dim: int, batch_size: int = 10000
+) -> Iterator[tuple[int, bytes]]:
+    """`(key, embedding bytes)` of the faces of `model` whose vector has the right size, in key order."""
+    query = (
+        select(Face.key, Face.embedding)
+        .where(Face.model == model, Face.dim == dim, func.length(Face.embedding) == dim * 4)
+        .order_by(Face.key)
+        .execution_options(yield_per=batch_size)
+    )
+    for key, blob in session.execute(query):
+        yield int(key), bytes(blob)

@@ -1,4 +1,8 @@
-"""An app per database backend, with models prepared once from ../shared."""
+"""An app per database backend, with models prepared once from ../shared.
+
+The `client` app listens (by its settings) on loopback and holds no API key, so it serves without keys:
+these tests are about the v1 contract. tests/security covers keys, scopes and the loopback rule.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +15,15 @@ from fastapi.testclient import TestClient
 from service.api import create_app
 from service.config import Settings
 from tests._db import PostgresUnavailable, postgres_database
-from tests.conftest import SHARED_MODELS, require_shared
+from tests.evaluation._prepared import prepared_model_dir
+
+# Every table the app writes, children first, to empty a shared PostgreSQL database between modules.
+APP_TABLES = ("audit_events", "api_keys", "faces", "identities")
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_shared()
-    pytest.importorskip("torch", reason="preparing models needs the train extra (torch)")
-    from models.export.prepare import prepare_models
-
-    directory = tmp_path_factory.mktemp("models")
-    prepare_models(model_dir=directory, source_dir=SHARED_MODELS, progress=lambda _: None)
-    return directory
+    return prepared_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -34,23 +35,34 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(str(exc))
 
 
+def empty_database(database_url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        for table in APP_TABLES:
+            connection.execute(text(f"DELETE FROM {table}"))
+    engine.dispose()
+
+
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of each backend for one test module: a new SQLite file, or the session's PostgreSQL
+    database emptied after the module."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('data') / 'facebank.db'}"
+        return
+    url: str = request.getfixturevalue("postgres_url")
+    yield url
+    # One database per session: empty it so the next module starts clean.
+    empty_database(url)
+
+
+@pytest.fixture(scope="module")
 def client(
-    request: pytest.FixtureRequest, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    database_url: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TestClient]:
     data_dir = tmp_path_factory.mktemp("data")
-    database_url = None
-    if request.param == "postgres":
-        database_url = request.getfixturevalue("postgres_url")
     settings = Settings(data_dir=data_dir, model_dir=model_dir, database_url=database_url)
     with TestClient(create_app(settings)) as test_client:
         yield test_client
-    if database_url:
-        # One database per session: empty it so the next module starts clean.
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(database_url)
-        with engine.begin() as connection:
-            connection.execute(text("DELETE FROM faces"))
-            connection.execute(text("DELETE FROM identities"))
-        engine.dispose()

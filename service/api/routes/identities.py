@@ -1,4 +1,4 @@
-"""/v1/identities and their faces."""
+"""/v1/identities and their faces: the `enroll` scope, to read as to change; every change is audited."""
 
 from __future__ import annotations
 
@@ -7,32 +7,34 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from service.api import schemas
+from service.api.auth import Enroll
 from service.api.convert import face_out, identity_out
-from service.api.deps import DB, State, Times, read_image
+from service.api.deps import DB, State, Times, detect_faces, image_slot, read_image
 from service.api.errors import APIError, not_found
+from service.security import Actions, record
 from service.storage import repository as repo
 
 router = APIRouter(prefix="/v1/identities", tags=["identities"])
 
-ERRORS = {
-    404: {"model": schemas.ErrorResponse},
-    409: {"model": schemas.ErrorResponse},
-    422: {"model": schemas.ErrorResponse},
-}
+READ_ERRORS = schemas.error_responses(*schemas.AUTH_ERRORS, 404, 422)
+WRITE_ERRORS = schemas.error_responses(*schemas.AUTH_ERRORS, *schemas.BODY_ERRORS, 404, 409)
 
 
 def _conflict(exc: repo.Conflict) -> APIError:
     return APIError(409, "conflict", f"an identity with this {exc} already exists")
 
 
-@router.post("", status_code=201, response_model=schemas.Identity, responses=ERRORS)
-def create_identity(body: schemas.IdentityCreate, db: DB) -> schemas.Identity:
+@router.post("", status_code=201, response_model=schemas.Identity, responses=WRITE_ERRORS)
+def create_identity(body: schemas.IdentityCreate, db: DB, caller: Enroll) -> schemas.Identity:
     try:
         identity = repo.create_identity(
             db, name=body.name, external_id=body.external_id, metadata=body.metadata
         )
+        record(db, caller, Actions.IDENTITY_CREATE, "identity", identity.id)
         db.commit()
     except repo.Conflict as exc:
         db.rollback()
@@ -40,9 +42,10 @@ def create_identity(body: schemas.IdentityCreate, db: DB) -> schemas.Identity:
     return identity_out(identity, 0)
 
 
-@router.get("", response_model=schemas.IdentityPage, responses=ERRORS)
+@router.get("", response_model=schemas.IdentityPage, responses=READ_ERRORS)
 def list_identities(
     db: DB,
+    _: Enroll,
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(default=None, max_length=512),
 ) -> schemas.IdentityPage:
@@ -56,8 +59,8 @@ def list_identities(
     )
 
 
-@router.get("/{identity_id}", response_model=schemas.IdentityDetail, responses=ERRORS)
-def get_identity(identity_id: uuid.UUID, db: DB) -> schemas.IdentityDetail:
+@router.get("/{identity_id}", response_model=schemas.IdentityDetail, responses=READ_ERRORS)
+def get_identity(identity_id: uuid.UUID, db: DB, _: Enroll) -> schemas.IdentityDetail:
     identity = repo.get_identity(db, identity_id=identity_id)
     if identity is None:
         raise not_found("identity")
@@ -67,8 +70,10 @@ def get_identity(identity_id: uuid.UUID, db: DB) -> schemas.IdentityDetail:
     )
 
 
-@router.patch("/{identity_id}", response_model=schemas.Identity, responses=ERRORS)
-def update_identity(identity_id: uuid.UUID, body: schemas.IdentityUpdate, db: DB) -> schemas.Identity:
+@router.patch("/{identity_id}", response_model=schemas.Identity, responses=WRITE_ERRORS)
+def update_identity(
+    identity_id: uuid.UUID, body: schemas.IdentityUpdate, db: DB, caller: Enroll
+) -> schemas.Identity:
     changes = body.model_dump(exclude_unset=True)
     if changes.get("name", "") is None:
         raise APIError(422, "validation_error", "name cannot be null")
@@ -76,66 +81,100 @@ def update_identity(identity_id: uuid.UUID, body: schemas.IdentityUpdate, db: DB
         identity = repo.update_identity(db, identity_id=identity_id, **changes)
         if identity is None:
             raise not_found("identity")
+        record(db, caller, Actions.IDENTITY_UPDATE, "identity", identity_id, {"fields": sorted(changes)})
         db.commit()
     except repo.Conflict as exc:
         db.rollback()
         raise _conflict(exc) from exc
+    except StaleDataError as exc:  # deleted by another request between our read and our write
+        db.rollback()
+        raise not_found("identity") from exc
     counts = repo.face_counts(db, identity_ids=[identity_id])
     return identity_out(identity, counts.get(identity_id, 0))
 
 
-@router.delete("/{identity_id}", status_code=204, responses=ERRORS)
-def delete_identity(identity_id: uuid.UUID, db: DB, state: State) -> Response:
-    keys = repo.delete_identity(db, identity_id=identity_id)
-    if keys is None:
-        raise not_found("identity")
-    db.commit()
-    state.gallery.removed(keys)
+@router.delete("/{identity_id}", status_code=204, responses=READ_ERRORS)
+def delete_identity(identity_id: uuid.UUID, db: DB, state: State, caller: Enroll) -> Response:
+    """Erase a person: their row, faces and embeddings in one transaction, then their index entries."""
+    try:
+        keys = repo.delete_identity(db, identity_id=identity_id)
+        if keys is None:
+            raise not_found("identity")
+        record(db, caller, Actions.IDENTITY_DELETE, "identity", identity_id, {"faces": len(keys)})
+        with state.gallery.writing():
+            db.commit()
+            state.gallery.removed(keys, identity_id=identity_id)
+    except StaleDataError as exc:  # another request deleted it first
+        db.rollback()
+        raise not_found("identity") from exc
     return Response(status_code=204)
 
 
-@router.post("/{identity_id}/faces", status_code=201, response_model=schemas.Face, responses=ERRORS)
+@router.post("/{identity_id}/faces", status_code=201, response_model=schemas.Face, responses=WRITE_ERRORS)
 def enroll_face(
     identity_id: uuid.UUID,
     db: DB,
     state: State,
     times: Times,
+    caller: Enroll,
     image: Annotated[UploadFile | None, File()] = None,
     face_policy: Literal["largest", "single"] = Query(default="largest"),
 ) -> schemas.Face:
     if repo.get_identity(db, identity_id=identity_id) is None:
         raise not_found("identity")
-    picture, data = read_image(image, state, times)
-    faces = state.pipeline.detect(picture, times)
-    if not faces:
-        raise APIError(422, "no_face", "no face was found in the image")
-    if face_policy == "single" and len(faces) > 1:
-        raise APIError(
-            422, "multiple_faces", f"{len(faces)} faces found; face_policy=single needs exactly one"
-        )
-    largest = max(faces, key=lambda f: f.area)
-    (embedded,) = state.pipeline.embed_faces(picture, [largest], times)
-    with times.stage("store"):
-        face = repo.add_face(
-            db,
-            identity_id=identity_id,
-            embedding=embedded.embedding,
-            model=state.embedder_tag,
-            bbox=[float(v) for v in largest.bbox],
-            det_score=largest.score,
-            landmarks=largest.landmarks.tolist(),
-            image_sha256=hashlib.sha256(data).hexdigest(),
-        )
-    db.commit()
-    state.gallery.added(face.key, identity_id, embedded.embedding)
+    # The read transaction must not stay open while the networks run (SQLite readers block checkpoints).
+    db.rollback()
+    with image_slot(state):
+        picture, data = read_image(image, state, times)
+        faces = detect_faces(state, picture, times)
+        if not faces:
+            raise APIError(422, "no_face", "no face was found in the image")
+        if face_policy == "single" and len(faces) > 1:
+            raise APIError(
+                422, "multiple_faces", f"{len(faces)} faces found; face_policy=single needs exactly one"
+            )
+        largest = max(faces, key=lambda f: f.area)
+        (embedded,) = state.pipeline.embed_faces(picture, [largest], times)
+    try:
+        with times.stage("store"):
+            face = repo.add_face(
+                db,
+                identity_id=identity_id,
+                embedding=embedded.embedding,
+                model=state.embedder_tag,
+                bbox=[float(v) for v in largest.bbox],
+                det_score=largest.score,
+                landmarks=largest.landmarks.tolist(),
+                image_sha256=hashlib.sha256(data).hexdigest(),
+            )
+            record(
+                db,
+                caller,
+                Actions.FACE_ENROLL,
+                "face",
+                face.id,
+                {"identity_id": str(identity_id), "model": face.model},
+            )
+            with state.gallery.writing():
+                db.commit()
+                state.gallery.added(face.key, identity_id, embedded.embedding)
+    except IntegrityError as exc:  # the identity was deleted while its photo was being processed
+        db.rollback()
+        raise not_found("identity") from exc
     return face_out(face)
 
 
-@router.delete("/{identity_id}/faces/{face_id}", status_code=204, responses=ERRORS)
-def delete_face(identity_id: uuid.UUID, face_id: uuid.UUID, db: DB, state: State) -> Response:
-    key = repo.delete_face(db, identity_id=identity_id, face_id=face_id)
-    if key is None:
-        raise not_found("face")
-    db.commit()
-    state.gallery.removed([key])
+@router.delete("/{identity_id}/faces/{face_id}", status_code=204, responses=READ_ERRORS)
+def delete_face(identity_id: uuid.UUID, face_id: uuid.UUID, db: DB, state: State, caller: Enroll) -> Response:
+    try:
+        key = repo.delete_face(db, identity_id=identity_id, face_id=face_id)
+        if key is None:
+            raise not_found("face")
+        record(db, caller, Actions.FACE_DELETE, "face", face_id, {"identity_id": str(identity_id)})
+        with state.gallery.writing():
+            db.commit()
+            state.gallery.removed([key])
+    except StaleDataError as exc:  # deleted by another request (or with its identity) meanwhile
+        db.rollback()
+        raise not_found("face") from exc
     return Response(status_code=204)

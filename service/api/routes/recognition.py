@@ -1,4 +1,4 @@
-"""/v1/identify, /v1/verify, /v1/detect."""
+"""/v1/identify, /v1/verify, /v1/detect: the `identify` scope."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 from PIL import Image
 
 from service.api import schemas
+from service.api.auth import Identify
 from service.api.convert import detection_out
-from service.api.deps import DB, State, Times, read_image
+from service.api.deps import DB, State, Times, detect_faces, image_slot, read_image
 from service.api.errors import APIError, not_found
 from service.api.state import AppState
 from service.pipeline import StageTimes
@@ -19,19 +20,21 @@ from service.storage import repository as repo
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
 
-ERRORS = {404: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}}
+ERRORS = schemas.error_responses(*schemas.AUTH_ERRORS, *schemas.BODY_ERRORS, 404)
 
 
 @router.post("/identify", response_model=schemas.IdentifyResponse, responses=ERRORS)
 def identify(
     state: State,
     times: Times,
+    _: Identify,
     image: Annotated[UploadFile | None, File()] = None,
     k: int = Query(default=5, ge=1, le=100),
     threshold: float | None = Query(default=None, ge=-1.0, le=1.0),
 ) -> schemas.IdentifyResponse:
-    picture, _ = read_image(image, state, times)
-    faces = state.pipeline.analyze(picture, times)
+    with image_slot(state):
+        picture, _data = read_image(image, state, times)
+        faces = state.pipeline.embed_faces(picture, detect_faces(state, picture, times), times)
     cutoff = state.threshold if threshold is None else threshold
     with times.stage("search"):
         ranked = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
@@ -58,7 +61,7 @@ def identify(
 def _largest_face_embedding(
     state: AppState, picture: Image.Image, field: str, times: StageTimes
 ) -> np.ndarray:
-    faces = state.pipeline.detect(picture, times)
+    faces = detect_faces(state, picture, times, field)
     if not faces:
         raise APIError(422, "no_face", f"no face was found in {field}")
     (embedded,) = state.pipeline.embed_faces(picture, [max(faces, key=lambda f: f.area)], times)
@@ -70,15 +73,19 @@ def verify(
     state: State,
     times: Times,
     db: DB,
+    _: Identify,
     image: Annotated[UploadFile | None, File()] = None,
     image2: Annotated[UploadFile | None, File()] = None,
     identity_id: Annotated[uuid.UUID | None, Form()] = None,
 ) -> schemas.VerifyResponse:
     if (identity_id is None) == (image2 is None):
         raise APIError(422, "bad_request", "send either identity_id or image2 beside image")
-    probe = _largest_face_embedding(state, read_image(image, state, times)[0], "image", times)
+    with image_slot(state):
+        probe = _largest_face_embedding(state, read_image(image, state, times)[0], "image", times)
+        if image2 is not None:
+            second = read_image(image2, state, times, "image2")[0]
+            other = _largest_face_embedding(state, second, "image2", times)
     if image2 is not None:
-        other = _largest_face_embedding(state, read_image(image2, state, times, "image2")[0], "image2", times)
         score = float(probe @ other)
     else:
         assert identity_id is not None
@@ -98,7 +105,9 @@ def verify(
 
 @router.post("/detect", response_model=schemas.DetectResponse, responses=ERRORS)
 def detect(
-    state: State, times: Times, image: Annotated[UploadFile | None, File()] = None
+    state: State, times: Times, _: Identify, image: Annotated[UploadFile | None, File()] = None
 ) -> schemas.DetectResponse:
-    picture, _ = read_image(image, state, times)
-    return schemas.DetectResponse(faces=[detection_out(f) for f in state.pipeline.detect(picture, times)])
+    with image_slot(state):
+        picture, _data = read_image(image, state, times)
+        faces = detect_faces(state, picture, times)
+    return schemas.DetectResponse(faces=[detection_out(f) for f in faces])
