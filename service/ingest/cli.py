@@ -185,7 +185,7 @@ def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
             **info,
         }
         write_report(args.report, tally, meta)
-    console.print(f"{images} of {len(scanned.items)} photos in {seconds:.1f} s ({rate:.1f} images/s): ")
+    console.print(f"{images} of {len(scanned.items)} photos in {seconds:.1f} s ({rate:.1f} images/s)")
     console.print(tally.summary(), highlight=False)
     if args.report:
         console.print(f"report: {args.report}")

@@ -353,8 +353,9 @@ def run_embedded(
         try:
             _feed(items, prepare, pipeline, writer, options, tally, stop, clock)
         finally:
+            # Stopped or failing, what was already embedded is committed before we return.
             writer.close()
-        writer.join()
+            writer.join()
     finally:
         engine.dispose()
     return RunInfo(model=model, seconds=time.perf_counter() - started, stage_seconds=dict(clock.seconds))
