@@ -27,6 +27,7 @@ QUICK_FIGURES = {
     "search.10k.batch1024_qps",
     "search.10k.threads_all.single_p50_ms",
     "search.10k.threads_all.batch1024_qps",
+    "search.10k.worker_thread.single_p50_ms",
     "search.10k.concurrent2.single_qps",
     "search.10m.single_p50_ms",
     "rest.2k.rebuild_s",
