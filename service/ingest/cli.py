@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m service.ingest")
     commands = parser.add_subparsers(dest="command", required=True)
     register(commands)
-    args = parser.parse_args(["ingest", *(sys.argv[1:] if argv is None else argv)])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Both `python -m service.ingest PATH` and the usage line's `python -m service.ingest ingest PATH`.
+    args = parser.parse_args(argv if argv[:1] == ["ingest"] else ["ingest", *argv])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return int(args.handler(args, Settings()))

@@ -7,11 +7,12 @@ API's enroll endpoint picks it; the gates then judge that face.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
-import numpy as np
+if TYPE_CHECKING:  # Why: `facebank --help` imports this module for the defaults; numpy loads on first use.
+    import numpy as np
 
-from service.schemas import DetectedFace
+    from service.schemas import DetectedFace
 
 MultiFacePolicy = Literal["largest", "skip"]
 
@@ -23,7 +24,7 @@ LOW_SCORE: Final = "low_score"
 BLURRY: Final = "blurry"
 
 # ITU-R BT.601 luma, the usual grey for a Laplacian focus measure.
-_LUMA: Final = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_LUMA: Final = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,9 @@ def pick_face(faces: list[DetectedFace], gates: Gates) -> DetectedFace | Verdict
 
 def laplacian_variance(crop: np.ndarray) -> float:
     """Variance of the 4-neighbour Laplacian of an (H, W, 3) uint8 RGB crop's grey levels; low is blurred."""
-    grey = crop.astype(np.float32) @ _LUMA
+    import numpy as np
+
+    grey = crop.astype(np.float32) @ np.asarray(_LUMA, dtype=np.float32)
     laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4.0 * grey[1:-1, 1:-1]
     return float(laplacian.var())
 
