@@ -89,13 +89,25 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def command_line(argv: list[str]) -> str:
+    """How this run was started, as a person would type it."""
+    program = Path(argv[0]).name if argv else "bench"
+    if program == "__main__.py":
+        program = "python -m bench"
+    elif program == "facebank":
+        program = "facebank bench"
+    return (
+        " ".join([program, *argv[1:]]) if program != "facebank bench" else " ".join(["facebank", *argv[1:]])
+    )
+
+
 def environment(device: Device, argv: list[str]) -> dict[str, Any]:
     import faiss
     import onnxruntime as ort
 
     env: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(argv),
+        "command": command_line(argv),
         "git": _git_commit(),
         "device": device,
         "cpu": _cpu_model(),

@@ -91,7 +91,7 @@ class Report:
         stream.write("\n")
 
 
-def _number(value: float | None, unit: str) -> str:
+def format_number(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
     if abs(value) >= 1000:
@@ -111,7 +111,9 @@ def format_comparison(figure: Figure, other: Comparison) -> str:
     if other.value is None:
         return f"{other.label}: not measured ({other.missing or 'no reason given'})"
     verdict = figure.versus(other) if other.compare else ""
-    return f"{other.label}: {_number(other.value, other.unit)}" + (f" → ours {verdict}" if verdict else "")
+    return f"{other.label}: {format_number(other.value, other.unit)}" + (
+        f" → ours {verdict}" if verdict else ""
+    )
 
 
 def format_figure(figure: Figure) -> str:
@@ -119,7 +121,7 @@ def format_figure(figure: Figure) -> str:
     if figure.value is None:
         head += f"not measured ({figure.missing or 'no reason given'})"
     else:
-        head += _number(figure.value, figure.unit)
+        head += format_number(figure.value, figure.unit)
     lines = [head, "    baseline  " + format_comparison(figure, figure.baseline)]
     lines += ["    also      " + format_comparison(figure, other) for other in figure.also]
     if figure.note:
