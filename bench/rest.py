@@ -16,7 +16,7 @@ import numpy as np
 from bench.context import Context
 from bench.data import lfw_people_with_two_photos
 from bench.report import Comparison, Figure
-from bench.server import Probe, load, serve
+from bench.server import Probe, cpu_seconds, load, serve
 from bench.sqlfill import FACES_PER_IDENTITY, Person, insert_people, insert_synthetic, raw_scan_s
 from bench.timing import ms, p50, percentile, samples
 
@@ -209,13 +209,18 @@ def run(ctx: Context) -> None:
             load(server.url, probes, clients=1, requests=5)  # warm-up
             for clients in CLIENTS:
                 ctx.log(f"rest: {clients} client(s)")
+                cpu_before = cpu_seconds(server.process.pid)
                 result = load(server.url, probes, clients=clients, requests=_requests(ctx, clients))
+                cpu_after = cpu_seconds(server.process.pid)
                 stages = ", ".join(f"{s} {np.median(v):.1f}" for s, v in result.stages_ms.items())
                 note = (
                     f"{len(result.latencies_s)} requests at {result.requests_per_s:.1f} req/s, "
                     f"{len(result.errors)} errors, top-1 {result.correct}/{len(result.latencies_s)}; "
                     f"server stages p50 (ms): {stages}"
                 )
+                if cpu_before is not None and cpu_after is not None and result.latencies_s:
+                    per_request = (cpu_after - cpu_before) / len(result.latencies_s)
+                    note += f"; server CPU per request {ms(per_request):.1f} ms"
                 if result.errors:
                     note += f"; first error: {result.errors[0]}"
                 for q, label in ((50, "p50"), (99, "p99")):

@@ -127,6 +127,15 @@ class LoadResult:
         return len(self.latencies_s) / self.wall_s if self.wall_s else 0.0
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds used so far by process `pid` (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_timing(header: str) -> dict[str, float]:
     stages = {}
     for part in header.split(","):

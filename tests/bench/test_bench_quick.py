@@ -131,3 +131,15 @@ def test_quick_run_prints_every_figure_beside_its_baseline_within_a_minute(
     assert statuses["CPU: REST identify p50, 1 client, gallery 100k"] == "not measured"
     assert statuses["CPU: photos/s vs face_recognition"] in {"pass", "miss", "not measured"}
     assert all(s == "not measured" for name, s in statuses.items() if name.startswith("H100"))
+
+
+def test_cuda_without_a_gpu_build_fails_at_once_with_the_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers() and hasattr(faiss, "StandardGpuResources"):
+        pytest.skip("this machine has the CUDA builds")
+    from bench.cli import main
+
+    assert main(["--device", "cuda", "--quick", "--sections", "search"]) == 2
+    error = capsys.readouterr().err
+    assert "--device cuda cannot run here" in error and "install" in error
