@@ -155,7 +155,7 @@ def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
             info = _run(args, settings, scanned.items, gates, workers, tally, stop)
     except KeyboardInterrupt:
         stop.set()
-        fatal = "aborted by a second interrupt; photos in flight were dropped (none is half-written)"
+        fatal = "aborted by a second interrupt; photos not committed yet were dropped (none is half-written)"
     except Exception as exc:
         log.debug("ingest failed", exc_info=True)
         fatal = f"{type(exc).__name__}: {exc}"

@@ -270,7 +270,7 @@ class _StageClock:
 
 
 class _Writer(threading.Thread):
-    """Commits each embedded photo; outcomes go to the tally as they land."""
+    """Commits each embedded batch; outcomes go to the tally as they land."""
 
     def __init__(
         self,
@@ -280,7 +280,7 @@ class _Writer(threading.Thread):
         tally: Tally,
         clock: _StageClock,
     ) -> None:
-        # Why daemon: after a second Ctrl-C the process exits without waiting; open transactions roll back.
+        # Why daemon: a process aborted while this commits (Ctrl-C again) exits; the transaction rolls back.
         super().__init__(name="ingest-writer", daemon=True)
         self._queue: queue.Queue[tuple[list[_Accepted], np.ndarray] | None] = queue.Queue(maxsize=4)
         self._sessions, self._directory, self._model = sessions, directory, model

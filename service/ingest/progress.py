@@ -35,7 +35,6 @@ class StopFlag:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self.message: str | None = None
 
     def __bool__(self) -> bool:
         return self._event.is_set()

@@ -239,6 +239,11 @@ class _RemoteIngester:
                 raise RemoteError(f"the server refused the request: {exc}") from exc
             slots = asyncio.Semaphore(self.options.concurrency)
             tasks: set[asyncio.Task[None]] = set()
+
+            def finished(task: asyncio.Task[None]) -> None:
+                tasks.discard(task)
+                slots.release()
+
             for item in items:
                 await slots.acquire()
                 if self.stop:
@@ -246,11 +251,6 @@ class _RemoteIngester:
                     break
                 task = asyncio.create_task(self._one(item))
                 tasks.add(task)
-
-                def finished(task: asyncio.Task[None]) -> None:
-                    tasks.discard(task)
-                    slots.release()
-
                 task.add_done_callback(finished)
             # In flight when stopped: let them finish, so each lands (or not) whole.
             if tasks:
