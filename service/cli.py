@@ -415,9 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _feature_commands() -> list[Callable[[Any], None]]:
     """Commands that live beside their feature; each module's `register(commands)` must import lightly."""
+    from bench.cli import register as register_bench
+    from models.evaluation.cli import register as register_eval
     from models.plots.cli import register as register_plots
+    from service.ingest.cli import register as register_ingest
 
-    return [register_plots]
+    return [register_ingest, register_eval, register_plots, register_bench]
 
 
 def main(argv: list[str] | None = None) -> int:

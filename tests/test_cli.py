@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+import pytest
+
+from service.cli import build_parser
+
+COMMANDS = ["serve", "models", "keys", "doctor", "ingest", "eval", "plot-losses", "bench"]
+
+
+def test_every_command_is_registered() -> None:
+    parser = build_parser()
+    (subcommands,) = [a for a in parser._actions if a.dest == "command"]
+    assert set(COMMANDS) <= set(subcommands.choices)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_explains_itself(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: facebank" in capsys.readouterr().out
+
+
+def test_the_command_line_starts_without_importing_torch() -> None:
+    code = "import sys; from service.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
