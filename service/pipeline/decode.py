@@ -11,7 +11,7 @@ import io
 import logging
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Bytes → RGB PIL image with EXIF orientation applied (first frame of animations)."""
     if not data:
         raise ImageDecodeError("invalid_image", "the uploaded file is empty")
+    _refuse_truncated_images()
     try:
         # Why no warnings.catch_warnings() to turn DecompressionBombWarning into an error: it swaps a
         # process-wide filter and is not thread-safe. The explicit check below runs before decoding instead.
@@ -63,6 +64,19 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         # uploader's problem, not the server's.
         log.debug("image decoding failed", exc_info=True)
         raise ImageDecodeError("invalid_image", f"the image could not be decoded: {exc}") from exc
+
+
+def _refuse_truncated_images() -> None:
+    """Put back Pillow's default of refusing truncated files if something in this process turned it off.
+
+    Why: `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` is one process-wide flag, and some libraries set it at import
+    (face_recognition does), after which a cut-off upload would decode into a half-grey picture. Writing the
+    default back is the only per-process control Pillow offers; it is the same value every time, so threads
+    cannot race on it.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        log.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was turned on in this process; turning it off again")
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 def _upright(image: Image.Image) -> Image.Image:

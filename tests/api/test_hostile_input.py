@@ -464,6 +464,8 @@ CORPUS: list[Case] = (
         Case("list-cursor-too-long", get("/v1/identities", cursor="a" * 600), 422, "validation_error"),
         Case("face-policy-unknown", enroll(FACE_JPEG, face_policy="all"), 422, "validation_error"),
         Case("audit-before-zero", get("/v1/audit", before="0"), 422, "validation_error"),
+        Case("audit-target-nul", get("/v1/audit", target_id="\u0000"), 422, "validation_error"),
+        Case("audit-action-sql", get("/v1/audit", action="x' OR 1=1"), 422, "validation_error"),
         # Wrong shapes of request.
         Case(
             "identify-json-instead-of-upload",
@@ -569,3 +571,14 @@ def test_the_corpus_is_large_and_varied() -> None:
     json.dumps([case.id for case in CORPUS])  # ids are plain text
     assert len({case.id for case in CORPUS}) == len(CORPUS)
     uuid.UUID(UUID0)
+
+
+def test_truncated_uploads_stay_refused_after_a_library_turns_on_lenient_loading(ctx: Ctx) -> None:
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # what `import face_recognition` does to the whole process
+    try:
+        response = enroll(FACE_JPEG[: len(FACE_JPEG) // 2])(ctx)
+        assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_image"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -65,8 +65,8 @@ def list_audit_events(
     _: Admin,
     limit: int = Query(default=100, ge=1, le=1000),
     before: int | None = Query(default=None, ge=1, le=2**62),
-    target_id: str | None = Query(default=None, max_length=64),
-    action: str | None = Query(default=None, max_length=64),
+    target_id: str | None = Query(default=None, max_length=64, pattern=r"^[A-Za-z0-9@._:-]+$"),
+    action: str | None = Query(default=None, max_length=64, pattern=r"^[a-z._]+$"),
 ) -> schemas.AuditPage:
     """Audit events newest first; `before` (an event id) pages towards older ones."""
     events = audit_repo.list_events(db, limit=limit, before_id=before, target_id=target_id, action=action)
