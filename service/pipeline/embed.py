@@ -35,7 +35,7 @@ class Embedder:
         self.config = config
 
     def preprocess(self, crops: np.ndarray) -> np.ndarray:
-        pixels = crops.astype(np.float32)
+        pixels: np.ndarray = crops.astype(np.float32)
         if self.config.channel_order == "BGR":
             pixels = pixels[..., ::-1]
         pixels = (pixels - np.asarray(self.config.mean, np.float32)) / np.asarray(self.config.std, np.float32)

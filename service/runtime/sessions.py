@@ -19,7 +19,7 @@ class ProviderError(RuntimeError):
 
 def _providers_for(device: Device) -> list[str | tuple[str, dict[str, object]]]:
     available = ort.get_available_providers()
-    cuda = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
+    cuda: tuple[str, dict[str, object]] = ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})
     if device == "cuda":
         if "CUDAExecutionProvider" not in available:
             raise ProviderError(

@@ -66,6 +66,8 @@ def _make_sqlite_engine(url: URL, *, echo: bool) -> Engine:
         try:
             # Why: SQLite ignores foreign keys (and ON DELETE CASCADE) unless asked, per connection.
             cursor.execute("PRAGMA foreign_keys=ON")
+            # Why: deleted embeddings are biometric data; overwrite freed pages instead of leaving them.
+            cursor.execute("PRAGMA secure_delete=ON")
             if not memory:
                 # Why: WAL lets readers run while one writer writes; NORMAL sync is durable enough under WAL.
                 cursor.execute("PRAGMA journal_mode=WAL")

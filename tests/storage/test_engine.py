@@ -61,3 +61,12 @@ def test_the_session_factory_keeps_loaded_attributes_after_commit() -> None:
         session.add(identity)
         session.commit()
         assert "name" in identity.__dict__  # not expired, so no reload is needed to read it
+
+
+def test_sqlite_overwrites_deleted_rows(tmp_path: Path) -> None:
+    from service.storage.engine import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'secure.db'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
+    engine.dispose()
