@@ -418,9 +418,10 @@ def _feature_commands() -> list[Callable[[Any], None]]:
     from bench.cli import register as register_bench
     from models.evaluation.cli import register as register_eval
     from models.plots.cli import register as register_plots
+    from models.training.cli import register as register_train
     from service.ingest.cli import register as register_ingest
 
-    return [register_ingest, register_eval, register_plots, register_bench]
+    return [register_ingest, register_eval, register_train, register_plots, register_bench]
 
 
 def main(argv: list[str] | None = None) -> int:

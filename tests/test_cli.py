@@ -5,7 +5,7 @@ import pytest
 
 from service.cli import build_parser
 
-COMMANDS = ["serve", "models", "keys", "doctor", "ingest", "eval", "plot-losses", "bench"]
+COMMANDS = ["serve", "models", "keys", "doctor", "ingest", "eval", "train", "plot-losses", "bench"]
 
 
 def test_every_command_is_registered() -> None:
