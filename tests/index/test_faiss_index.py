@@ -72,3 +72,23 @@ def test_reset_empties_the_index() -> None:
     index.add(np.arange(4), _vectors(4))
     index.reset()
     assert len(index) == 0 and index.ids().size == 0
+
+
+def test_search_uses_the_configured_thread_count_from_any_thread() -> None:
+    import threading
+
+    import faiss
+
+    index = FaissFlatIndex(16, search_threads=1)
+    index.add(np.arange(4), _vectors(4))
+    seen: list[int] = []
+
+    def worker() -> None:
+        faiss.omp_set_num_threads(2)
+        index.search(_vectors(1), 2)
+        seen.append(faiss.omp_get_max_threads())
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [1]
