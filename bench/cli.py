@@ -17,6 +17,12 @@ DESCRIPTION = (
 )
 
 
+def _name_value(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     parser.add_argument(
@@ -38,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"which to run, in order (default all: {' '.join(SECTIONS)})",
     )
     parser.add_argument("--shared", type=Path, help="folder with data/lfw and models/ (default ../shared)")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        metavar="NAME=VALUE",
+        type=_name_value,
+        help="extra environment for the REST section's server, e.g. OMP_NUM_THREADS=1 (repeatable)",
+    )
     parser.add_argument(
         "--work-dir", type=Path, help="where the temporary SQLite database goes (default /tmp)"
     )

@@ -141,6 +141,7 @@ class Context:
     work_dir: Path
     report: Report
     out: TextIO = field(default=sys.stdout)
+    server_env: dict[str, str] = field(default_factory=dict)  # extra environment for the REST server
     started: float = field(default_factory=time.perf_counter)
 
     def log(self, message: str) -> None:

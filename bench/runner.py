@@ -46,6 +46,7 @@ def run(args: argparse.Namespace, settings: Settings, argv: list[str] | None = N
     env["search_threads_setting"] = settings.search_threads
     env["intra_op_threads_setting"] = settings.intra_op_threads
     env["face_recognition"] = dlib_baseline.version()
+    env["server_env"] = args.server_env or []
     report = Report(environment=env)
     print(
         f"facebank bench {'--quick ' if args.quick else ''}on {args.device}: {env['cpu']}, "
@@ -65,6 +66,7 @@ def run(args: argparse.Namespace, settings: Settings, argv: list[str] | None = N
             work_dir=Path(work),
             report=report,
             out=out,
+            server_env=dict(item.split("=", 1) for item in args.server_env or []),
         )
         try:
             context.models  # noqa: B018 (load once, fail early with the reason)

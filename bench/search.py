@@ -276,7 +276,8 @@ def _one_gallery(ctx: Context, n: int, queries: np.ndarray, gpu: _GpuBaselines |
     )
 
     if gpu is None and (n >= 100_000 or ctx.quick):
-        _threads(ctx, name, n, ours, queries, single_repeats, batch_repeats, threads)
+        _small_batches(ctx, name, n, ours, queries, single_repeats, threads)
+        _threads(ctx, name, n, gallery, queries, single_repeats, batch_repeats, threads)
         _worker_thread(ctx, name, n, ours, queries, single_repeats, threads)
         _concurrency(ctx, name, n, ours, stock, queries, threads)
 
@@ -285,31 +286,39 @@ def _threads(
     ctx: Context,
     name: str,
     n: int,
-    ours: Any,
+    gallery: np.ndarray,
     queries: np.ndarray,
     single_repeats: int,
     batch_repeats: int,
     setting: int,
 ) -> None:
-    """Our index with FAISS OpenMP threads = 1 beside = all cores."""
+    """Our index made with search_threads = 1 beside = all cores, searched from a new thread each time."""
     import faiss
+
+    from service.index import make_index
 
     cores = os.cpu_count() or 1
     results: dict[int, tuple[list[float], list[float]]] = {}
     for threads in sorted({1, cores}):
-        faiss.omp_set_num_threads(threads)
+        index = make_index(DIM, device=ctx.device, search_threads=threads)
+        index.add(np.arange(n, dtype=np.int64), gallery)
         q = _Cycle(queries)
-        single = samples(partial(_search_one, ours, q), repeat=single_repeats, warmup=2)
-        batch = samples(lambda: ours.search(queries, K), repeat=batch_repeats, warmup=1)
+        single = _in_worker_thread(
+            partial(samples, partial(_search_one, index, q), repeat=single_repeats, warmup=2)
+        )
+        batch = _in_worker_thread(
+            partial(samples, partial(index.search, queries, K), repeat=batch_repeats, warmup=1)
+        )
         results[threads] = (single, batch)
+        del index
     faiss.omp_set_num_threads(setting)
     one, every = results[1], results[cores]
-    baseline = "same with FAISS threads = 1 (the service default)"
+    baseline = "same with search_threads = 1 (the service default)"
     ctx.add(
         Figure(
             id=f"search.{name}.threads_all.single_p50_ms",
             section="search",
-            label=f"our index, FAISS threads = {cores} (all cores): 1 query, gallery {n:,}, p50",
+            label=f"our index, search_threads = {cores} (all cores): 1 query, gallery {n:,}, p50",
             value=ms(p50(every[0])),
             unit="ms",
             better="lower",
@@ -320,13 +329,35 @@ def _threads(
         Figure(
             id=f"search.{name}.threads_all.batch{BATCH}_qps",
             section="search",
-            label=f"our index, FAISS threads = {cores} (all cores): {BATCH} queries per call, gallery {n:,}",
+            label=f"our index, search_threads = {cores} (all cores): {BATCH} queries per call, gallery {n:,}",
             value=BATCH / p50(every[1]),
             unit="q/s",
             better="higher",
             baseline=Comparison(baseline, BATCH / p50(one[1]), "q/s"),
         )
     )
+
+
+def _small_batches(
+    ctx: Context, name: str, n: int, ours: Any, queries: np.ndarray, single_repeats: int, setting: int
+) -> None:
+    """Queries per second when concurrent requests' faces are searched together in one call."""
+    single = samples(partial(_search_one, ours, _Cycle(queries)), repeat=single_repeats, warmup=2)
+    for size in (8, 32):
+        batch = queries[:size]
+        times = samples(partial(ours.search, batch, K), repeat=max(3, single_repeats // 2), warmup=1)
+        ctx.add(
+            Figure(
+                id=f"search.{name}.batch{size}_qps",
+                section="search",
+                label=f"our index: {size} queries per call, gallery {n:,} (micro-batching)",
+                value=size / p50(times),
+                unit="q/s",
+                better="higher",
+                baseline=Comparison("one query per call", 1 / p50(single), "q/s"),
+                note=f"p50 of {len(times)} calls; FAISS threads {setting}",
+            )
+        )
 
 
 def _in_worker_thread(call: Callable[[], Any]) -> Any:
@@ -346,7 +377,12 @@ def _worker_thread(
     elsewhere = _in_worker_thread(
         lambda: samples(partial(_search_one, ours, q), repeat=single_repeats, warmup=2)
     )
-    seen = _in_worker_thread(faiss.omp_get_max_threads)
+
+    def search_then_read() -> int:
+        ours.search(queries[:1], K)
+        return int(faiss.omp_get_max_threads())
+
+    seen = _in_worker_thread(search_then_read)
     ctx.add(
         Figure(
             id=f"search.{name}.worker_thread.single_p50_ms",
@@ -359,8 +395,8 @@ def _worker_thread(
                 f"from the thread that called make_index(search_threads={setting})", ms(p50(here)), "ms"
             ),
             note=(
-                f"faiss.omp_get_max_threads() is {setting} in the thread that set it and {seen} in a new "
-                "thread: faiss.omp_set_num_threads applies to the calling thread only (libgomp)"
+                f"FAISS threads in the new thread after a search: {seen} (setting {setting}); OpenMP's "
+                "thread count belongs to each thread (libgomp), so the index must set it where it searches"
             ),
         )
     )
@@ -373,8 +409,8 @@ def _concurrency(
     workers = max(2, os.cpu_count() or 1)
     seconds = 1.0 if ctx.quick else 4.0
 
-    def qps(index: Any, *, threads: int | None = setting, clients: int = workers) -> float:
-        return concurrent_qps(lambda x: index.search(x, K), queries, clients, seconds, omp_threads=threads)
+    def qps(index: Any, *, clients: int = workers) -> float:
+        return concurrent_qps(lambda x: index.search(x, K), queries, clients, seconds, omp_threads=setting)
 
     ctx.add(
         Figure(
@@ -387,11 +423,6 @@ def _concurrency(
             baseline=Comparison(f"stock faiss.IndexFlatIP, {workers} threads, no lock", qps(stock), "q/s"),
             also=[
                 Comparison("our index, one thread searching", qps(ours, clients=1), "q/s"),
-                Comparison(
-                    "our index, threads left at FAISS's default (what request threads get)",
-                    qps(ours, threads=None),
-                    "q/s",
-                ),
             ],
             note=f"FAISS threads set to {setting} in each searching thread; {seconds:.0f} s each",
         )

@@ -66,7 +66,12 @@ def _log_tail(log: Path, chars: int = 3000) -> str:
 
 @contextmanager
 def serve(
-    settings: Settings, database_url: str, data_dir: Path, *, ready_timeout_s: float = 1800
+    settings: Settings,
+    database_url: str,
+    data_dir: Path,
+    *,
+    extra_env: dict[str, str] | None = None,
+    ready_timeout_s: float = 1800,
 ) -> Iterator[RunningServer]:
     """Run `python -m service.cli serve` (what `facebank serve` runs) until the block ends."""
     port = free_port()
@@ -77,7 +82,7 @@ def serve(
         process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,
-            env=server_env(settings, database_url, data_dir),
+            env={**server_env(settings, database_url, data_dir), **(extra_env or {})},
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )

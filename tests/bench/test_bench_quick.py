@@ -25,6 +25,8 @@ QUICK_FIGURES = {
     "detector.640x480.images_per_s",
     "search.10k.single_p50_ms",
     "search.10k.batch1024_qps",
+    "search.10k.batch8_qps",
+    "search.10k.batch32_qps",
     "search.10k.threads_all.single_p50_ms",
     "search.10k.threads_all.batch1024_qps",
     "search.10k.worker_thread.single_p50_ms",
