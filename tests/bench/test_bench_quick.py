@@ -49,6 +49,10 @@ def test_register_adds_the_bench_command_without_importing_heavy_modules() -> No
     assert parser.parse_args(["bench"]).sections == list(SECTIONS)
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--device", "tpu"])
+    heavy = ("numpy", "faiss", "onnxruntime", "httpx", "service")
+    probe = f"import sys, bench.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    imported = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert imported.stdout.strip() == "[]", imported.stdout + imported.stderr
 
 
 def test_numpy_baseline_finds_the_same_neighbours_as_faiss() -> None:
