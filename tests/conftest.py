@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests._db import PostgresUnavailable, postgres_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEBANK_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -22,3 +25,31 @@ def require_shared() -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return require_shared()
+
+
+def prepared_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared model folder, exported once per test session and shared by every suite."""
+    require_shared()
+    pytest.importorskip("torch", reason="preparing models needs the train extra (torch)")
+    from models.export.prepare import prepare_models
+
+    directory = tmp_path_factory.getbasetemp() / "prepared-models"
+    if not (directory / "manifest.toml").is_file():
+        directory.mkdir(exist_ok=True)
+        prepare_models(model_dir=directory, source_dir=SHARED_MODELS, progress=lambda _: None)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepared_model_dir(tmp_path_factory)
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """An empty, never-migrated PostgreSQL database for one test."""
+    try:
+        with postgres_database() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")

@@ -15,15 +15,9 @@ from fastapi.testclient import TestClient
 from service.api import create_app
 from service.config import Settings
 from tests._db import PostgresUnavailable, postgres_database
-from tests.evaluation._prepared import prepared_model_dir
 
 # Every table the app writes, children first, to empty a shared PostgreSQL database between modules.
 APP_TABLES = ("audit_events", "api_keys", "faces", "identities")
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepared_model_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ import pytest
 from bench.cli import SECTIONS, register
 from bench.report import Comparison, Figure
 from bench.search import numpy_topk
-from tests.conftest import REPO_ROOT, SHARED, SHARED_MODELS, require_shared
+from tests.conftest import REPO_ROOT, SHARED
 
 QUICK_FIGURES = {
     "embedder.batch1.faces_per_s",
@@ -71,17 +71,6 @@ def test_a_figure_reads_better_or_worse_in_the_direction_that_matters() -> None:
     assert latency.versus(latency.baseline) == "2.00× better"
     assert rate.versus(rate.baseline) == "2.00× worse"
     assert rate.versus(Comparison("other unit", 5.0, "ms")) == ""
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_shared()
-    pytest.importorskip("torch", reason="preparing models needs the train extra (torch)")
-    from models.export.prepare import prepare_models
-
-    directory = tmp_path_factory.mktemp("models")
-    prepare_models(model_dir=directory, source_dir=SHARED_MODELS, progress=lambda _: None)
-    return directory
 
 
 @pytest.mark.shared

@@ -7,18 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LFW, SHARED_MODELS, require_shared
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    require_shared()
-    pytest.importorskip("torch", reason="preparing models needs the train extra (torch)")
-    from models.export.prepare import prepare_models
-
-    directory = tmp_path_factory.mktemp("models")
-    prepare_models(model_dir=directory, source_dir=SHARED_MODELS, progress=lambda _: None)
-    return directory
+from tests.conftest import LFW, require_shared
 
 
 def copy_lfw_gallery(target: Path, *, identities: int, singles: int = 0, per_identity: int = 4) -> Path:

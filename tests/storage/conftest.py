@@ -27,16 +27,6 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")
 
 
-@pytest.fixture
-def fresh_postgres_url() -> Iterator[str]:
-    """An empty, never-migrated PostgreSQL database for one test."""
-    try:
-        with postgres_database() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")
-
-
 @pytest.fixture(scope="session")
 def sqlite_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('storage') / 'facebank.db'}")
