@@ -8,7 +8,7 @@ import pytest
 
 from service.security import Scope, cli_principal, issue_key
 from service.storage import make_engine, make_session_factory, upgrade_to_head
-from tests.api.conftest import database_url, model_dir, postgres_url  # noqa: F401  (fixtures)
+from tests.api.conftest import database_url, postgres_url  # noqa: F401  (fixtures)
 
 
 def make_key(database_url: str, *scopes: Scope, name: str) -> str:  # noqa: F811

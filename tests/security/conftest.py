@@ -16,7 +16,7 @@ from service.config import Settings
 from service.security import Scope, cli_principal, issue_key, revoke_key
 from service.storage import keys as key_repo
 from service.storage import make_engine, make_session_factory, upgrade_to_head
-from tests.api.conftest import database_url, model_dir, postgres_url  # noqa: F401  (fixtures)
+from tests.api.conftest import database_url, postgres_url  # noqa: F401  (fixtures)
 
 
 @dataclass
@@ -67,7 +67,7 @@ def keys(database_url: str) -> Keys:  # noqa: F811
 @pytest.fixture(scope="module")
 def make_client(
     database_url: str,  # noqa: F811
-    model_dir: Path,  # noqa: F811
+    model_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., TestClient]:
     """Build a (not yet started) TestClient over this module's database with settings overrides."""
