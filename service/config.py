@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it decide.")
     search_threads: int = Field(default=1, ge=0, description="FAISS OpenMP threads; 0 keeps its default.")
+    index_fp16: bool = Field(
+        default=True, description="GPU index keeps vectors as fp16 (half the memory traffic); ignored on CPU."
+    )
+    embedder_precision: Literal["fp32", "fp16"] = Field(
+        default="fp32", description="fp16 runs the half-precision export of the embedder; CUDA only."
+    )
+    batch_max_size: int = Field(
+        default=16, ge=1, le=256, description="Concurrent identify requests gathered into one model call."
+    )
+    batch_max_wait_ms: float = Field(
+        default=0.0, ge=0.0, le=50.0, description="How long the first request waits for company; 0 disables."
+    )
 
     detect_max_side: int = Field(default=640, ge=64, le=4096)
     det_score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
