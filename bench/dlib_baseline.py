@@ -1,7 +1,7 @@
 """face_recognition (dlib) as the outside baseline: imported on demand, its absence reported, not fatal.
 
 Install (face-recognition pins `dlib`, which would build from source; dlib-bin is the same library prebuilt):
-    pip install dlib-bin face-recognition-models && pip install --no-deps face-recognition
+    bash bench/install-peers.sh   # pinned: the peers extra, then face-recognition with --no-deps
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def load() -> tuple[Any, str | None]:
     return face_recognition, None
 
 
-INSTALL = "pip install dlib-bin face-recognition-models && pip install --no-deps face-recognition"
+INSTALL = "bash bench/install-peers.sh (pip install -e .[peers] && pip install --no-deps face-recognition)"
 
 
 def version() -> str:

@@ -10,8 +10,8 @@ is missing, :func:`import_face_recognition` provides the one function the packag
 (``resource_filename``) before importing it. Without this, ``import face_recognition`` prints an install hint
 and calls ``quit()``.
 
-Optional: ``pip install dlib-bin face-recognition-models face-recognition`` (``face-recognition`` itself is
-installed with ``--no-deps`` next to ``dlib-bin``, or pip builds ``dlib`` from source).
+Optional: ``bash bench/install-peers.sh`` (pinned: the ``peers`` extra, then ``face-recognition`` itself
+with ``--no-deps`` next to ``dlib-bin``, or pip builds ``dlib`` from source).
 """
 
 from __future__ import annotations
