@@ -5,6 +5,13 @@ model. ``facebank models prepare`` writes a copy next to the exported ONNX files
 and ``export_version``; the service reads that copy and checks each ONNX file against its hash before
 loading it.
 
+Two origins. ``origin = "upstream"`` (the default) is a network whose weights are published elsewhere:
+``source_file``, an https ``source_url`` and ``source_sha256`` pin them. ``origin = "trained"`` is one made
+here by ``facebank train``: it has no upstream URL (``source_url`` is refused), and instead must carry
+``onnx_sha256`` (the ONNX file is the artefact), ``base_model`` (the ``name@version`` it was fine-tuned from)
+and ``trained_by`` (the command that made it); ``source_file``/``source_sha256`` may name the PyTorch
+weights it was exported from.
+
 This module is imported by the service: it uses the standard library only (no torch, no pydantic).
 
 Usage::
@@ -32,10 +39,12 @@ from typing import Any, Literal, TypeVar
 PROJECT_MANIFEST = Path(__file__).parent / "manifest.toml"
 
 Kind = Literal["detector", "embedder"]
+Origin = Literal["upstream", "trained"]
 ChannelOrder = Literal["RGB", "BGR"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9._-]*@[^@\s]+$")
 _T = TypeVar("_T")
 
 
@@ -76,15 +85,19 @@ class EmbedderSpec:
 
 @dataclass(frozen=True, slots=True)
 class ModelEntry:
-    """One ``[models.<name>]`` table; ``onnx_sha256`` and ``export_version`` only in prepared copies."""
+    """One ``[models.<name>]`` table.
+
+    Upstream entries: ``source_*`` set; ``onnx_sha256`` and ``export_version`` only in prepared copies.
+    Trained entries: ``onnx_sha256``, ``base_model`` and ``trained_by`` set, ``source_url`` never.
+    """
 
     name: str
     kind: Kind
     version: str
     onnx_file: str
-    source_file: str
-    source_url: str
-    source_sha256: str
+    source_file: str | None
+    source_url: str | None
+    source_sha256: str | None
     licence: str
     provenance: str
     card: str
@@ -93,11 +106,19 @@ class ModelEntry:
     embedder: EmbedderSpec | None = None
     onnx_sha256: str | None = None
     export_version: str | None = None
+    origin: Origin = "upstream"
+    base_model: str | None = None
+    trained_by: str | None = None
 
     @property
     def tag(self) -> str:
         """``name@version``: what the service stores next to each embedding it makes."""
         return f"{self.name}@{self.version}"
+
+    @property
+    def trained(self) -> bool:
+        """Made by ``facebank train`` here: its ONNX file is the artefact, there is nothing to download."""
+        return self.origin == "trained"
 
     def prepared(self, *, onnx_sha256: str, export_version: str) -> ModelEntry:
         """A copy carrying the hash of its exported ONNX file and the export code version that made it."""
@@ -201,20 +222,32 @@ def _entry(name: str, table: Any) -> ModelEntry:
     _no_unknown_keys(table, _ENTRY_KEYS | {kind}, where)
     if other in table:
         raise ManifestError(f"{where}.{other}: a {kind} has no [{where}.{other}] table")
+    origin = fields.choice("origin", ("upstream", "trained")) if "origin" in table else "upstream"
+    if origin == "trained":
+        missing = [key for key in ("onnx_sha256", "base_model", "trained_by") if key not in table]
+        if missing:
+            raise ManifestError(
+                f"{where}.{missing[0]}: missing; a trained model must carry onnx_sha256 (its ONNX file is "
+                "the artefact), base_model (name@version it was trained from) and trained_by"
+            )
+    sources = _trained_sources(fields) if origin == "trained" else _upstream_sources(fields)
     entry = ModelEntry(
         name=name,
         kind=kind,  # type: ignore[arg-type]
         version=fields.text("version"),
         onnx_file=fields.filename("onnx_file"),
-        source_file=fields.filename("source_file"),
-        source_url=fields.url("source_url"),
-        source_sha256=fields.sha256("source_sha256"),
+        source_file=sources[0],
+        source_url=sources[1],
+        source_sha256=sources[2],
         licence=fields.text("licence"),
         provenance=fields.text("provenance"),
         card=fields.relative_path("card"),
         preprocess=_preprocess(fields.table("preprocess"), f"{where}.preprocess"),
-        onnx_sha256=fields.optional("onnx_sha256", fields.sha256),
+        onnx_sha256=(fields.sha256 if origin == "trained" else fields.optional_sha256)("onnx_sha256"),
         export_version=fields.optional("export_version", fields.text),
+        origin=origin,  # type: ignore[arg-type]
+        base_model=fields.tag("base_model") if origin == "trained" else None,
+        trained_by=fields.text("trained_by") if origin == "trained" else None,
     )
     spec_table = fields.table(kind)
     if kind == "detector":
@@ -222,8 +255,33 @@ def _entry(name: str, table: Any) -> ModelEntry:
     return replace(entry, embedder=_embedder(spec_table, f"{where}.embedder"))
 
 
+def _upstream_sources(fields: _Fields) -> tuple[str, str, str]:
+    """(source_file, source_url, source_sha256): all three pin the published weights."""
+    for key in ("base_model", "trained_by"):
+        if key in fields:
+            raise ManifestError(f'{fields.where}.{key}: only models with origin = "trained" have one')
+    return fields.filename("source_file"), fields.url("source_url"), fields.sha256("source_sha256")
+
+
+def _trained_sources(fields: _Fields) -> tuple[str | None, None, str | None]:
+    """(source_file, None, source_sha256): the PyTorch weights it was exported from, if recorded."""
+    if "source_url" in fields:
+        raise ManifestError(
+            f"{fields.where}.source_url: a trained model has no upstream URL; its onnx_sha256 pins it "
+            '(drop source_url, or use origin = "upstream" for published weights)'
+        )
+    source_file = fields.optional("source_file", fields.filename)
+    source_sha256 = fields.optional("source_sha256", fields.sha256)
+    if (source_file is None) != (source_sha256 is None):
+        raise ManifestError(f"{fields.where}.source_file: give source_file and source_sha256 together")
+    return source_file, None, source_sha256
+
+
 _ENTRY_KEYS = {
     "kind",
+    "origin",
+    "base_model",
+    "trained_by",
     "version",
     "onnx_file",
     "source_file",
@@ -306,8 +364,20 @@ class _Fields:
     def _fail(self, key: str, expected: str, value: Any) -> ManifestError:
         return ManifestError(f"{self.where}.{key}: expected {expected}, got {value!r}")
 
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
     def optional(self, key: str, read: Callable[[str], _T]) -> _T | None:
         return read(key) if key in self._data else None
+
+    def optional_sha256(self, key: str) -> str | None:
+        return self.optional(key, self.sha256)
+
+    def tag(self, key: str) -> str:
+        value = self.text(key)
+        if not _TAG.match(value):
+            raise self._fail(key, "a model tag name@version, e.g. 'mobilefacenet@1'", value)
+        return value
 
     def text(self, key: str) -> str:
         value = self._get(key)
@@ -440,6 +510,8 @@ def dumps_manifest(manifest: Manifest, *, header: str | None = None) -> str:
         top: dict[str, Any] = {
             "kind": entry.kind,
             "version": entry.version,
+            # Why only when trained: upstream is the default, and prepared copies stay as they were.
+            "origin": entry.origin if entry.trained else None,
             "onnx_file": entry.onnx_file,
             "source_file": entry.source_file,
             "source_url": entry.source_url,
@@ -447,6 +519,8 @@ def dumps_manifest(manifest: Manifest, *, header: str | None = None) -> str:
             "licence": entry.licence,
             "provenance": entry.provenance,
             "card": entry.card,
+            "base_model": entry.base_model,
+            "trained_by": entry.trained_by,
             "onnx_sha256": entry.onnx_sha256,
             "export_version": entry.export_version,
         }

@@ -12,6 +12,11 @@ For each model of the project manifest (:data:`models.manifest.PROJECT_MANIFEST`
 4. write ``model_dir/manifest.toml``: the project entries plus ``onnx_sha256`` and ``export_version``, and
    copy the model cards next to it.
 
+Trained models (``origin = "trained"``) have no upstream weights: their ONNX file is the artefact. One in the
+project manifest is taken from ``model_dir`` or ``source_dir`` when a file there matches its ``onnx_sha256``.
+One that ``facebank train --register`` added to ``model_dir/manifest.toml`` is kept in the rewritten manifest
+while its ONNX file is present and matches its sha256 (and dropped, with a message, when it is not).
+
 torch is imported only when something has to be exported.
 
 Usage::
@@ -50,6 +55,10 @@ TRAIN_EXTRA_HINT = "exporting needs the train extra: pip install 'facebank[train
 _HEADER = (
     "Prepared by `facebank models prepare` from the project's models/manifest.toml; do not edit.\n"
     "onnx_sha256 is checked before each ONNX file is loaded; export_version says which export code made it."
+)
+
+_REGISTERED_HEADER = (
+    "\nAlso kept: trained models registered by `facebank train --register` whose ONNX file matches."
 )
 
 Progress = Callable[[str], None]
@@ -93,6 +102,12 @@ def prepare_models(
 
     entries: list[ModelEntry] = []
     for entry in project:
+        if entry.trained:
+            trained = _trained_from_project(entry, model_dir, source_dir, wanted=entry.name in wanted)
+            if trained is not None:
+                progress(f"{entry.tag}: {entry.onnx_file} matches its onnx_sha256 (trained model)")
+                entries.append(trained)
+            continue
         current = _current_onnx_sha256(previous.get(entry.name), entry, model_dir)
         if entry.name not in wanted:
             if current is not None:  # prepared earlier and still valid: keep it in the prepared manifest
@@ -103,9 +118,8 @@ def prepare_models(
         )
         onnx_path = model_dir / entry.onnx_file
         if current is not None:
-            progress(
-                f"{entry.tag}: {onnx_path.name} is up to date (source sha256 {entry.source_sha256[:12]})"
-            )
+            pinned = (entry.source_sha256 or "")[:12]
+            progress(f"{entry.tag}: {onnx_path.name} is up to date (source sha256 {pinned})")
             entries.append(entry.prepared(onnx_sha256=current, export_version=EXPORT_VERSION))
             continue
         started = time.perf_counter()
@@ -113,10 +127,59 @@ def prepare_models(
         progress(f"{entry.tag}: exported {onnx_path.name} in {time.perf_counter() - started:.1f}s; {report}")
         entries.append(entry.prepared(onnx_sha256=sha256_file(onnx_path), export_version=EXPORT_VERSION))
 
+    registered = _registered_trained(previous, project, model_dir, progress)
     _copy_cards(entries, source_root=project.root, model_dir=model_dir)
-    write_manifest(Manifest(models=tuple(entries)), prepared_path, header=_HEADER)
+    header = _HEADER + (_REGISTERED_HEADER if registered else "")
+    write_manifest(Manifest(models=(*entries, *registered)), prepared_path, header=header)
     progress(f"wrote {prepared_path}")
     return prepared_path
+
+
+def _trained_from_project(
+    entry: ModelEntry, model_dir: Path, source_dir: Path | None, *, wanted: bool
+) -> ModelEntry | None:
+    """A trained project entry whose ONNX file is in ``model_dir`` (or copied from ``source_dir``) and matches
+    its ``onnx_sha256``; None when it is not asked for and not there; :class:`ModelSourceError` when asked."""
+    target = model_dir / entry.onnx_file
+    if target.is_file() and sha256_file(target) == entry.onnx_sha256:
+        return entry
+    candidate = Path(source_dir) / entry.onnx_file if source_dir is not None else None
+    if candidate is not None and candidate.is_file():
+        if sha256_file(candidate) != entry.onnx_sha256:
+            raise ModelSourceError(
+                f"{entry.name}: {candidate} does not match its onnx_sha256 ({entry.onnx_sha256}); "
+                f"rebuild it with `facebank train ... --register` (see models/trained/README.md)"
+            )
+        shutil.copyfile(candidate, target)
+        return entry
+    if not wanted:
+        return None
+    raise ModelSourceError(
+        f"{entry.name}: trained model, so there is nothing to download; put {entry.onnx_file} "
+        f"(sha256 {entry.onnx_sha256}) in the --from folder or the model folder, or rebuild it with "
+        "`facebank train ... --register` (see models/trained/README.md)"
+    )
+
+
+def _registered_trained(
+    previous: dict[str, ModelEntry], project: Manifest, model_dir: Path, progress: Progress
+) -> list[ModelEntry]:
+    """Trained entries registered in the prepared manifest (not in the project's) whose ONNX still matches."""
+    kept: list[ModelEntry] = []
+    for entry in previous.values():
+        if not entry.trained or entry.name in project:
+            continue
+        onnx_path = model_dir / entry.onnx_file
+        if onnx_path.is_file() and sha256_file(onnx_path) == entry.onnx_sha256:
+            progress(f"{entry.tag}: kept, a trained model registered here ({onnx_path.name} matches)")
+            kept.append(entry)
+        else:
+            state = "does not match its sha256" if onnx_path.is_file() else "is missing"
+            progress(
+                f"{entry.tag}: dropped from the prepared manifest: {onnx_path.name} {state}; "
+                "register it again with `facebank train ... --register`"
+            )
+    return kept
 
 
 def locate_source(
@@ -128,6 +191,8 @@ def locate_source(
     progress: Progress = print,
 ) -> Path:
     """The verified upstream weight file of ``entry``: from ``source_dir``, the download cache, or the web."""
+    if entry.source_file is None:
+        raise ModelSourceError(f"{entry.name}: no source_file in the manifest (a trained model?)")
     candidates = [Path(source_dir) / entry.source_file] if source_dir is not None else []
     candidates.append(model_dir / SOURCES_DIR / entry.source_file)
     for candidate in candidates:
@@ -154,6 +219,8 @@ def download_source(entry: ModelEntry, directory: Path, *, progress: Progress = 
     """Stream ``entry.source_url`` to a temporary file, verify its sha256, then move it into ``directory``."""
     import httpx
 
+    if entry.source_file is None or entry.source_url is None:
+        raise ModelSourceError(f"{entry.name}: no source_url to download (a trained model?)")
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / entry.source_file
     progress(f"{entry.name}: downloading {entry.source_url}")

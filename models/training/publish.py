@@ -2,11 +2,12 @@
 
 - :func:`export_trained`: state dict → ``<name>.pt``, then :func:`models.export.onnx_export.export_embedder`
   (strict load, dynamic batch axis, onnxruntime-vs-PyTorch cosine > 0.9999 on real aligned faces).
-- :func:`trained_entry`: the manifest entry, preprocessing and template copied from the base embedder.
+- :func:`trained_entry`: the manifest entry (``origin = "trained"``: no upstream URL; ``onnx_sha256``,
+  ``base_model`` and ``trained_by`` instead), preprocessing and template copied from the base embedder.
 - :func:`write_fragment`: that entry alone as TOML, for review before it goes into ``models/manifest.toml``.
 - :func:`register_in_model_dir`: copy the ONNX, weights and card into a prepared model folder and add the
-  entry (with ``onnx_sha256``) to its ``manifest.toml``, so ``--model NAME`` / ``FACEBANK_EMBEDDER=NAME`` can
-  load it.
+  entry to its ``manifest.toml``, so ``--model NAME`` and ``facebank models use NAME`` can load it; a later
+  ``facebank models prepare`` keeps it while its ONNX file still matches ``onnx_sha256``.
 """
 
 from __future__ import annotations
@@ -33,9 +34,6 @@ from models.manifest import (
 from models.nets.mobilefacenet import MobileFaceNet
 from models.training.train import BASE_EMBEDDER, base_preprocess, to_tensor
 
-# The manifest schema wants an https URL for every model's weights; a locally trained model has none yet.
-# `.invalid` is reserved (RFC 2606), so this can never be fetched by mistake.
-LOCAL_SOURCE_URL = "https://trained.invalid/facebank/{name}.pt"
 LICENCE = (
     "research and non-commercial use only: fine-tuned on CelebA (non-commercial research licence) from "
     "MobileFaceNet weights trained on MS-Celeb-1M (research use only)"
@@ -62,18 +60,35 @@ def export_trained(net: MobileFaceNet, name: str, out_dir: Path, sample_crops: n
 
 
 def trained_entry(
-    name: str, *, weights: Path, threshold: float, provenance: str, card: str, version: str = "1"
+    name: str,
+    *,
+    weights: Path,
+    threshold: float,
+    provenance: str,
+    card: str,
+    version: str = "1",
+    onnx: Path | None = None,
+    trained_by: str = "facebank train (models/training)",
 ) -> ModelEntry:
-    """A manifest entry for a fine-tuned MobileFaceNet: input, template and preprocessing of the base."""
+    """A manifest entry for a fine-tuned MobileFaceNet: input, template and preprocessing of the base.
+
+    The ONNX file (``onnx``, default: beside ``weights`` as :func:`export_trained` writes it) is the
+    artefact, so its sha256 is recorded; the weights it came from are named with their sha256 too, and there
+    is no upstream URL.
+    """
+    onnx = onnx if onnx is not None else weights.with_suffix(".onnx")
     base = load_manifest(PROJECT_MANIFEST).get(BASE_EMBEDDER)
     assert base.embedder is not None
     return replace(
         base,
         name=name,
         version=version,
+        origin="trained",
+        base_model=base.tag,
+        trained_by=trained_by,
         onnx_file=f"{name}.onnx",
-        source_file=f"{name}.pt",
-        source_url=LOCAL_SOURCE_URL.format(name=name),
+        source_file=weights.name,
+        source_url=None,
         source_sha256=sha256_file(weights),
         licence=LICENCE,
         provenance=provenance,
@@ -84,8 +99,8 @@ def trained_entry(
             template=base.embedder.template,
             threshold=round(float(threshold), 4),
         ),
-        onnx_sha256=None,
-        export_version=None,
+        onnx_sha256=sha256_file(onnx),
+        export_version=EXPORT_VERSION,
     )
 
 
@@ -105,14 +120,13 @@ def register_in_model_dir(
 ) -> Path:
     """Add (or replace) ``entry`` in the prepared manifest of ``model_dir``; returns that manifest's path.
 
-    Note: ``facebank models prepare`` rewrites the prepared manifest from the project manifest, so a model
-    registered only here disappears on the next prepare until its entry is in ``models/manifest.toml``.
+    ``facebank models prepare`` keeps the entry on later runs while the ONNX file still matches its sha256.
     """
     manifest_path = model_dir / "manifest.toml"
     current = load_manifest(manifest_path)  # raises ManifestError when the folder was never prepared
     shutil.copyfile(exported.onnx, model_dir / entry.onnx_file)
     (model_dir / "sources").mkdir(exist_ok=True)
-    shutil.copyfile(exported.weights, model_dir / "sources" / entry.source_file)
+    shutil.copyfile(exported.weights, model_dir / "sources" / exported.weights.name)
     (model_dir / entry.card).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(card_path, model_dir / entry.card)
     prepared = entry.prepared(
@@ -128,7 +142,6 @@ def register_in_model_dir(
 
 __all__ = [
     "LICENCE",
-    "LOCAL_SOURCE_URL",
     "ExportedModel",
     "export_trained",
     "register_in_model_dir",

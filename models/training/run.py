@@ -208,11 +208,17 @@ def run_training(
         f"({config.loss} loss, {config.epochs} epochs, lr {config.lr:g}, batch {config.batch_size}, "
         f"seed {config.seed}); exported by models/export/onnx_export.py"
     )
+    trained_by = (
+        f"facebank train {config.dataset} --loss {config.loss} --epochs {config.epochs} --lr {config.lr:g} "
+        f"--batch-size {config.batch_size} ({report.date}; every setting in the card)"
+    )
     entry = trained_entry(
         config.model_name,
         weights=exported.weights,
+        onnx=exported.onnx,
         threshold=point.threshold,
         provenance=provenance,
+        trained_by=trained_by,
         card=f"cards/{config.model_name}.md",
     )
     write_fragment(entry, out / f"{config.model_name}.toml")

@@ -16,6 +16,7 @@ from models.manifest import (
     ManifestError,
     dumps_manifest,
     load_manifest,
+    parse_manifest,
     sha256_file,
     write_manifest,
 )
@@ -177,3 +178,89 @@ def test_reading_the_manifest_does_not_import_torch() -> None:
     code = "import sys, models.manifest as m; m.load_manifest(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------------ trained models (origin)
+
+TRAINED = "mobilefacenet-celeba-csoftmax"
+TRAINED_FRAGMENT = PROJECT_MANIFEST.parent / "trained" / f"{TRAINED}.toml"
+
+
+def _trained_table(**changes: object) -> dict[str, object]:
+    """The committed C-Softmax fragment as parsed TOML, with some fields changed (None removes one)."""
+    table = dict(tomllib.loads(TRAINED_FRAGMENT.read_text(encoding="utf-8"))["models"][TRAINED])
+    for key, value in changes.items():
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    return {"models": {TRAINED: table}}
+
+
+def test_the_committed_trained_fragment_is_a_trained_entry_without_an_upstream_url() -> None:
+    entry = load_manifest(TRAINED_FRAGMENT).get(TRAINED)
+    assert entry.trained and entry.origin == "trained"
+    assert entry.source_url is None
+    assert "trained.invalid" not in TRAINED_FRAGMENT.read_text(encoding="utf-8")
+    assert entry.base_model == "mobilefacenet@1"
+    assert entry.trained_by is not None and entry.trained_by.startswith("facebank train")
+    # The card (relative to models/, where the fragment is to be merged) exists and records the same ONNX.
+    card = PROJECT_MANIFEST.parent / entry.card
+    assert entry.onnx_sha256 is not None and entry.onnx_sha256 in card.read_text(encoding="utf-8")
+
+
+def test_upstream_entries_default_to_origin_upstream(project: Manifest) -> None:
+    assert {entry.origin for entry in project} == {"upstream"}
+    assert not any(entry.trained for entry in project)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"source_url": "https://trained.invalid/x.pt"}, f"models.{TRAINED}.source_url: a trained model"),
+        ({"onnx_sha256": None}, f"models.{TRAINED}.onnx_sha256: missing; a trained model must carry"),
+        ({"base_model": None}, f"models.{TRAINED}.base_model: missing"),
+        ({"trained_by": None}, f"models.{TRAINED}.trained_by: missing"),
+        ({"base_model": "mobilefacenet"}, f"models.{TRAINED}.base_model: expected a model tag name@version"),
+        ({"onnx_sha256": "72fe"}, f"models.{TRAINED}.onnx_sha256: expected 64 lower-case hex"),
+        ({"source_sha256": None}, f"models.{TRAINED}.source_file: give source_file and source_sha256"),
+        ({"card": None}, f"models.{TRAINED}.card: missing"),
+        ({"origin": "downloaded"}, f"models.{TRAINED}.origin: expected 'upstream' or 'trained'"),
+    ],
+)
+def test_a_trained_entry_is_validated_with_messages_naming_the_field(
+    changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ManifestError) as excinfo:
+        parse_manifest(_trained_table(**changes))
+    assert message in str(excinfo.value)
+
+
+def test_a_trained_entry_needs_no_source_files_at_all() -> None:
+    entry = parse_manifest(_trained_table(source_file=None, source_sha256=None)).get(TRAINED)
+    assert entry.source_file is None and entry.source_sha256 is None and entry.onnx_sha256 is not None
+
+
+def test_an_upstream_entry_is_refused_trained_only_fields(tmp_path: Path) -> None:
+    path = _rewrite(tmp_path, 'kind = "embedder"\n', 'kind = "embedder"\nbase_model = "x@1"\n')
+    with pytest.raises(ManifestError, match=r"models.mobilefacenet.base_model: only models with origin"):
+        load_manifest(path)
+    text = _rewrite(tmp_path, "x", "x").read_text(encoding="utf-8")
+    without_url = "".join(
+        line
+        for line in text.splitlines(keepends=True)
+        if not line.startswith('source_url = "https://github.com/foam')
+    )
+    (tmp_path / "manifest.toml").write_text(without_url, encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"models.mobilefacenet.source_url: missing"):
+        load_manifest(tmp_path / "manifest.toml")
+
+
+def test_a_trained_entry_round_trips_through_write_manifest(project: Manifest, tmp_path: Path) -> None:
+    trained = load_manifest(TRAINED_FRAGMENT).get(TRAINED)
+    both = Manifest(models=(*project.models, trained))
+    again = load_manifest(write_manifest(both, tmp_path / "manifest.toml"))
+    assert again.models == both.models
+    table = tomllib.loads((tmp_path / "manifest.toml").read_text(encoding="utf-8"))["models"]
+    assert table[TRAINED]["origin"] == "trained" and "source_url" not in table[TRAINED]
+    assert "origin" not in table["mobilefacenet"]  # upstream stays the implicit default
