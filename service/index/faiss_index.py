@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Literal
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import faiss
 import numpy as np
@@ -13,16 +14,47 @@ from service.index.base import SearchResult
 
 log = logging.getLogger(__name__)
 
+# FAISS scans the gallery once per query unless a call has at least `distance_compute_blas_threshold`
+# queries (128000 in faiss-cpu 1.15.1), then it uses blocked matrix products. Measured on this 2-core CPU
+# (IndexFlatIP, k=32, one thread): from 4 queries per call the blocked path is 2.9-5x faster (100k: 1,102
+# vs 382 q/s at 4 queries), with 1-3 queries it is slower (1 query: 184 vs 523 q/s). See docs/benchmarks.md.
+BLAS_MIN_QUERIES = 4
+# The threshold is one process-wide variable: changing it around a search is done under this lock.
+_blas_threshold_lock = threading.Lock()
 
-def _as_ids(ids: np.ndarray) -> np.ndarray:
+
+@contextmanager
+def blocked_search_from(queries: int) -> Iterator[None]:
+    """Let FAISS use its blocked (BLAS) path for calls of `queries` or more, for the duration."""
+    with _blas_threshold_lock:
+        before = faiss.cvar.distance_compute_blas_threshold
+        faiss.cvar.distance_compute_blas_threshold = min(before, queries)
+        try:
+            yield
+        finally:
+            faiss.cvar.distance_compute_blas_threshold = before
+
+
+def as_ids(ids: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
 
 
-def _as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+def as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
     if vectors.ndim != 2 or vectors.shape[1] != dim:
         raise ValueError(f"expected vectors of shape (n, {dim}), got {vectors.shape}")
     return vectors
+
+
+def last_occurrences(ids: np.ndarray) -> np.ndarray | None:
+    """Positions that keep only the last of each repeated id, in order; None when ids are all distinct.
+
+    Why: within one `add`, a later vector for an id replaces an earlier one, as across calls.
+    """
+    distinct, first_from_end = np.unique(ids[::-1], return_index=True)
+    if len(distinct) == len(ids):
+        return None
+    return np.sort(len(ids) - 1 - first_from_end)
 
 
 class FaissFlatIndex:
@@ -34,29 +66,39 @@ class FaissFlatIndex:
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         # FAISS indexes are not safe for a search concurrent with add/remove.
         self._lock = threading.RLock()
+        # No id above this is present (None: empty), so adding larger ids needs no removal first.
+        # Database keys grow, so a rebuild and every new enrollment skip `remove_ids`, which scans the
+        # whole index (it made a 1M-face rebuild's adds take twice the stock `add_with_ids`).
+        self._max_id: int | None = None
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids, vectors = _as_ids(ids), _as_vectors(vectors, self.dim)
+        ids, vectors = as_ids(ids), as_vectors(vectors, self.dim)
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         if len(ids) == 0:
             return
+        keep = last_occurrences(ids)
+        if keep is not None:
+            ids, vectors = ids[keep], np.ascontiguousarray(vectors[keep])
         with self._lock:
-            self._index.remove_ids(faiss.IDSelectorBatch(ids))
+            if self._max_id is not None and int(ids.min()) <= self._max_id:
+                self._index.remove_ids(faiss.IDSelectorBatch(ids))
             self._index.add_with_ids(vectors, ids)
+            top = int(ids.max())
+            self._max_id = top if self._max_id is None else max(self._max_id, top)
 
     def remove(self, ids: np.ndarray) -> int:
-        ids = _as_ids(ids)
+        ids = as_ids(ids)
         if len(ids) == 0:
             return 0
         with self._lock:
             return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
-        queries = _as_vectors(queries, self.dim)
+        queries = as_vectors(queries, self.dim)
         if self.search_threads > 0:
             # OpenMP's thread count belongs to the calling thread, and requests search from a pool.
             faiss.omp_set_num_threads(self.search_threads)
@@ -66,7 +108,11 @@ class FaissFlatIndex:
             if len(queries) == 0 or self._index.ntotal == 0:
                 shape = (len(queries), k)
                 return SearchResult(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
-            scores, ids = self._index.search(queries, k)
+            if len(queries) >= BLAS_MIN_QUERIES:
+                with blocked_search_from(BLAS_MIN_QUERIES):
+                    scores, ids = self._index.search(queries, k)
+            else:
+                scores, ids = self._index.search(queries, k)
         return SearchResult(scores=scores, ids=ids)
 
     def ids(self) -> np.ndarray:
@@ -76,14 +122,4 @@ class FaissFlatIndex:
     def reset(self) -> None:
         with self._lock:
             self._index.reset()
-
-
-def make_index(
-    dim: int, *, device: Literal["auto", "cpu", "cuda"] = "cpu", search_threads: int = 1
-) -> FaissFlatIndex:
-    """The index for this device; the GPU variant is not wired yet, so non-CPU logs and uses CPU."""
-    # Requests already search concurrently from a thread pool, and waking OpenMP workers for one small
-    # query costs more than it saves (a 100-face search took 9.6 ms in the server with 2 threads).
-    if device != "cpu":
-        log.info("FAISS GPU index not enabled in this build; using the CPU flat index")
-    return FaissFlatIndex(dim, search_threads=search_threads)
+            self._max_id = None

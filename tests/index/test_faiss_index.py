@@ -92,3 +92,48 @@ def test_search_uses_the_configured_thread_count_from_any_thread() -> None:
     thread.start()
     thread.join()
     assert seen == [1]
+
+
+def test_adding_ids_below_the_largest_still_replaces_them() -> None:
+    index = FaissFlatIndex(16)
+    vectors = _vectors(4)
+    index.add(np.array([10, 20]), vectors[:2])
+    index.remove(np.array([20]))
+    index.add(np.array([10]), vectors[2:3])  # below the largest id ever added: must replace
+    index.add(np.array([20]), vectors[3:4])  # the removed largest id comes back once
+    assert index.ids().tolist() == [10, 20] and len(index) == 2
+    assert index.search(vectors[2:3], 1).ids[0, 0] == 10
+    assert 10 not in index.search(vectors[:1], 2).ids[0, :1]
+
+
+def test_ids_added_after_a_reset_are_not_mistaken_for_old_ones() -> None:
+    index = FaissFlatIndex(16)
+    vectors = _vectors(3)
+    index.add(np.array([7]), vectors[:1])
+    index.reset()
+    index.add(np.array([7]), vectors[1:2])
+    index.add(np.array([7]), vectors[2:3])
+    assert len(index) == 1 and index.search(vectors[2:3], 1).ids[0, 0] == 7
+
+
+def test_a_repeated_id_within_one_add_is_stored_once_with_its_last_vector() -> None:
+    index = FaissFlatIndex(16)
+    vectors = _vectors(3)
+    index.add(np.array([4, 9, 4]), vectors)
+    assert len(index) == 2 and index.ids().tolist() == [4, 9]
+    np.testing.assert_allclose(index.search(vectors[2:3], 1).scores[0, 0], 1.0, rtol=1e-5)
+
+
+def test_a_batch_of_queries_scores_like_one_query_at_a_time_and_leaves_faiss_settings_alone() -> None:
+    import faiss
+
+    index = FaissFlatIndex(16)
+    index.add(np.arange(300), _vectors(300))
+    queries = _vectors(9, seed=4)
+    before = faiss.cvar.distance_compute_blas_threshold
+    batch = index.search(queries, 5)  # 9 queries: FAISS's blocked path
+    assert faiss.cvar.distance_compute_blas_threshold == before
+    for row, query in enumerate(queries):
+        one = index.search(query[None, :], 5)
+        assert one.ids[0].tolist() == batch.ids[row].tolist()
+        np.testing.assert_allclose(one.scores[0], batch.scores[row], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,275 @@
+"""Id bookkeeping on the host for flat storages that cannot remove vectors (FAISS GPU flat indexes).
+
+`SlotIndex` keeps what `FaissFlatIndex` keeps in `IndexIDMap2` (which id sits at which position) in a
+host array, and turns "remove" into a tombstone: the vector stays in the storage, its slot forgets the id,
+and searches ask the storage for enough extra results to step over the tombstones. Compaction (copying the
+live vectors into a fresh storage, in order) bounds the waste. The same code runs over a CPU `IndexFlatIP`
+in the tests and over `GpuIndexFlatIP` in service, so the GPU path's logic is tested without a GPU.
+
+Positions keep insertion order and compaction keeps the live vectors' order, so equal scores come back in
+the same order as from `FaissFlatIndex` (FAISS ranks ties by position; `IndexIDMap2.remove_ids` also keeps
+order).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+from service.index.base import SearchResult
+from service.index.faiss_index import (
+    BLAS_MIN_QUERIES,
+    as_ids,
+    as_vectors,
+    blocked_search_from,
+    last_occurrences,
+)
+
+log = logging.getLogger(__name__)
+
+# What FAISS CPU reports as the score of a missing result (k larger than the index).
+PAD_SCORE = np.float32(-np.finfo(np.float32).max)
+
+
+class FlatStorage(Protocol):
+    """Vectors at positions 0..ntotal-1, appended only; exact inner-product search by position."""
+
+    dim: int
+    # The deepest search one call accepts (FAISS GPU k-selection stops at 2048); None means no limit.
+    max_k: int | None
+
+    @property
+    def ntotal(self) -> int: ...
+
+    def append(self, vectors: np.ndarray) -> None: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) of the k best per query, best first; -1 positions past the end."""
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        """float32 copy of the vectors at positions start..start+count-1 (as stored, e.g. fp16-rounded)."""
+
+    def clear(self) -> None: ...
+
+
+class CpuFlatStorage:
+    """`IndexFlatIP` as a storage: what the tests run `SlotIndex` over in place of the GPU one."""
+
+    max_k: int | None = None
+
+    def __init__(self, dim: int, *, max_k: int | None = None) -> None:
+        self.dim = dim
+        self.max_k = max_k  # a limit can be set to exercise the GPU's deep-search paths on the CPU
+        self._index = faiss.IndexFlatIP(dim)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    def append(self, vectors: np.ndarray) -> None:
+        self._index.add(vectors)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(queries) >= BLAS_MIN_QUERIES:  # the same paths as FaissFlatIndex, so the same scores
+            with blocked_search_from(BLAS_MIN_QUERIES):
+                return self._index.search(queries, k)
+        scores, positions = self._index.search(queries, k)
+        return scores, positions
+
+    def take(self, start: int, count: int) -> np.ndarray:
+        return self._index.reconstruct_n(start, count)
+
+    def clear(self) -> None:
+        self._index.reset()
+
+
+class SlotIndex:
+    """A `VectorIndex` over an append-only `FlatStorage`: ids, replacement and removal kept on the host.
+
+    `compact_min` and `compact_fraction`: tombstones are compacted away once there are more than both
+    `compact_min` and `compact_fraction` of the stored vectors (each costs scan time and search depth).
+    """
+
+    def __init__(
+        self,
+        storage: FlatStorage,
+        *,
+        new_storage: Callable[[], FlatStorage],
+        compact_min: int = 1024,
+        compact_fraction: float = 0.2,
+        chunk: int = 262_144,
+    ) -> None:
+        self.dim = storage.dim
+        self._storage = storage
+        self._new_storage = new_storage
+        self._compact_min = compact_min
+        self._compact_fraction = compact_fraction
+        self._chunk = chunk
+        self._slot_ids = np.empty(0, np.int64)  # id at each stored position; -1 for a tombstone
+        self._slot_of: dict[int, int] = {}
+        self._tombstones = 0
+        self._lock = threading.RLock()
+        self.compactions = 0  # for tests and logs
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    @property
+    def tombstones(self) -> int:
+        return self._tombstones
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        ids, vectors = as_ids(ids), as_vectors(vectors, self.dim)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(ids) == 0:
+            return
+        keep = last_occurrences(ids)
+        if keep is not None:
+            ids, vectors = ids[keep], np.ascontiguousarray(vectors[keep])
+        with self._lock:
+            if self._slot_of:
+                # Re-adding an id replaces it: its old slot becomes a tombstone, the new vector goes last.
+                self._bury([self._slot_of.pop(key) for key in ids.tolist() if key in self._slot_of])
+            start = self._storage.ntotal
+            self._storage.append(vectors)
+            self._grow(start + len(ids))
+            self._slot_ids[start : start + len(ids)] = ids
+            self._slot_of.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
+            self._maybe_compact()
+
+    def remove(self, ids: np.ndarray) -> int:
+        ids = as_ids(ids)
+        with self._lock:
+            slots = [self._slot_of.pop(key) for key in set(ids.tolist()) if key in self._slot_of]
+            self._bury(slots)
+            self._maybe_compact()
+        return len(slots)
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        queries = as_vectors(queries, self.dim)
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        shape = (len(queries), k)
+        with self._lock:
+            if len(queries) == 0 or not self._slot_of:
+                return SearchResult(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
+            return self._search_live(queries, k)
+
+    def ids(self) -> np.ndarray:
+        with self._lock:
+            return np.sort(np.fromiter(self._slot_of, dtype=np.int64, count=len(self._slot_of)))
+
+    def reset(self) -> None:
+        with self._lock:
+            self._storage.clear()
+            self._slot_ids = np.empty(0, np.int64)
+            self._slot_of = {}
+            self._tombstones = 0
+
+    def compact(self) -> None:
+        """Copy the live vectors, in order, into a fresh storage and drop the tombstones."""
+        with self._lock:
+            if self._tombstones == 0:
+                return
+            total = self._storage.ntotal
+            fresh = self._new_storage()
+            for start in range(0, total, self._chunk):
+                count = min(self._chunk, total - start)
+                live = self._slot_ids[start : start + count] >= 0
+                if live.any():
+                    fresh.append(np.ascontiguousarray(self._storage.take(start, count)[live]))
+            live_ids = self._slot_ids[:total][self._slot_ids[:total] >= 0]
+            self._storage.clear()
+            self._storage = fresh
+            self._slot_ids = live_ids.copy()
+            self._slot_of = dict(zip(live_ids.tolist(), range(len(live_ids)), strict=True))
+            self._tombstones = 0
+            self.compactions += 1
+            log.debug("index compacted: %d vectors kept of %d", len(live_ids), total)
+
+    # --- inside the lock ------------------------------------------------------------------------------
+
+    def _grow(self, size: int) -> None:
+        if size > len(self._slot_ids):
+            grown = np.full(max(size, 2 * len(self._slot_ids), 1024), -1, np.int64)
+            grown[: len(self._slot_ids)] = self._slot_ids
+            self._slot_ids = grown
+
+    def _bury(self, slots: list[int]) -> None:
+        if slots:
+            self._slot_ids[np.asarray(slots, np.int64)] = -1
+            self._tombstones += len(slots)
+
+    def _maybe_compact(self) -> None:
+        stored = self._storage.ntotal
+        if self._tombstones > self._compact_min and self._tombstones > self._compact_fraction * stored:
+            self.compact()
+
+    def _search_live(self, queries: np.ndarray, k: int) -> SearchResult:
+        stored = self._storage.ntotal
+        # Every tombstone could outrank every live vector, so asking for k + tombstones is always enough.
+        depth = min(k + self._tombstones, stored)
+        limit = self._storage.max_k
+        capped = limit is not None and depth > limit
+        if capped:
+            assert limit is not None
+            depth = limit
+        scores, positions = self._storage.search(queries, depth)
+        result, complete = self._to_ids(scores, positions, k)
+        if complete or not capped:
+            return result
+        if self._tombstones > 0:
+            # Tombstones crowded the deepest search the storage allows: drop them and try again.
+            self.compact()
+            return self._search_live(queries, k)
+        return self._search_beyond_limit(queries, k)
+
+    def _to_ids(self, scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[SearchResult, bool]:
+        """Positions to ids, tombstones dropped, the k best kept; and whether every row found all it could."""
+        ids = np.where(positions >= 0, self._slot_ids[np.maximum(positions, 0)], -1)
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=PAD_SCORE)
+        live = ids >= 0
+        if self._tombstones:
+            # A stable sort on "is a tombstone" moves the live results forward and keeps their ranking.
+            order = np.argsort(~live, axis=1, kind="stable")
+            ids = np.take_along_axis(ids, order, axis=1)
+            scores = np.take_along_axis(scores, order, axis=1)
+            live = np.take_along_axis(live, order, axis=1)
+        ids, scores, live = ids[:, :k], scores[:, :k], live[:, :k]
+        # Like FaissFlatIndex (FAISS CPU): -1 and the lowest float wherever fewer than k exist.
+        scores = np.where(live, scores, PAD_SCORE).astype(np.float32, copy=False)
+        ids = np.where(live, ids, -1)
+        complete = bool(np.all(live.sum(axis=1) == min(k, len(self._slot_of))))
+        return SearchResult(np.ascontiguousarray(scores), np.ascontiguousarray(ids)), complete
+
+    def _search_beyond_limit(self, queries: np.ndarray, k: int) -> SearchResult:
+        """Exact top-k for a k deeper than the storage allows: scan its vectors in chunks on the host.
+
+        Slow (the vectors are copied out), and only reached when a caller asks for more results than the
+        GPU can select, e.g. a gallery of a few people with thousands of faces each.
+        """
+        log.debug("search for k=%d beyond the storage's limit %s: host scan", k, self._storage.max_k)
+        total = self._storage.ntotal
+        heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+        for start in range(0, total, self._chunk):
+            count = min(self._chunk, total - start)
+            scan = faiss.IndexFlatIP(self.dim)
+            scan.add(self._storage.take(start, count))
+            scores, positions = scan.search(queries, min(k, count))
+            live = positions >= 0
+            heap.add_result(
+                np.ascontiguousarray(np.where(live, scores, -np.inf).astype(np.float32)),
+                np.ascontiguousarray(np.where(live, positions + start, -1).astype(np.int64)),
+            )
+        heap.finalize()
+        result, _ = self._to_ids(heap.D, heap.I, k)
+        return result
