@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -72,6 +72,20 @@ class FacePipeline:
                 max_faces=self.limits.max_faces,
             )
 
+    def detect_many(
+        self, images: Sequence[Image.Image], times: StageTimes | None = None
+    ) -> list[list[DetectedFace]]:
+        """`detect` for several images, with one detector call per distinct input shape."""
+        times = times or StageTimes()
+        with times.stage("detect"):
+            return self.detector.detect_many(
+                images,
+                max_side=self.limits.max_side,
+                score_threshold=self.limits.score_threshold,
+                min_face_size=self.limits.min_face_size,
+                max_faces=self.limits.max_faces,
+            )
+
     def align(
         self, image: Image.Image, faces: list[DetectedFace], times: StageTimes | None = None
     ) -> np.ndarray:
@@ -90,6 +104,29 @@ class FacePipeline:
         with times.stage("embed"):
             vectors = self.embedder.embed(crops)
         return [EmbeddedFace(face=f, embedding=v) for f, v in zip(faces, vectors, strict=True)]
+
+    def embed_many(
+        self,
+        images: Sequence[Image.Image],
+        faces: Sequence[list[DetectedFace]],
+        times: StageTimes | None = None,
+    ) -> list[list[EmbeddedFace]]:
+        """`embed_faces` for several images, every face of every image in one embedder call."""
+        times = times or StageTimes()
+        crops = [
+            self.align(image, image_faces, times) for image, image_faces in zip(images, faces, strict=True)
+        ]
+        with times.stage("embed"):
+            vectors = self.embedder.embed(np.concatenate(crops)) if crops else np.zeros((0, 0), np.float32)
+        embedded: list[list[EmbeddedFace]] = []
+        start = 0
+        for image_faces in faces:
+            rows = vectors[start : start + len(image_faces)]
+            embedded.append(
+                [EmbeddedFace(face=f, embedding=v) for f, v in zip(image_faces, rows, strict=True)]
+            )
+            start += len(image_faces)
+        return embedded
 
     def analyze(self, image: Image.Image, times: StageTimes | None = None) -> list[EmbeddedFace]:
         """All faces of the image with their embeddings, best detection score first."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
@@ -82,6 +83,27 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
+def prior_mask(
+    height: int,
+    width: int,
+    real_height: int,
+    real_width: int,
+    *,
+    steps: tuple[int, ...],
+    anchors: tuple[int, ...],
+) -> np.ndarray:
+    """Which priors of a padded (height, width) input an unpadded (real_height, real_width) input also has.
+
+    Same order as `prior_boxes`: level by level, row-major, `anchors[level]` anchors innermost.
+    """
+    levels = []
+    for step, count in zip(steps, anchors, strict=True):
+        rows = np.arange(math.ceil(height / step)) < math.ceil(real_height / step)
+        cols = np.arange(math.ceil(width / step)) < math.ceil(real_width / step)
+        levels.append(np.repeat((rows[:, None] & cols[None, :]).reshape(-1), count))
+    return np.concatenate(levels)
+
+
 class Detector:
     """Runs a RetinaFace ONNX graph (inputs `input`; outputs loc, conf, landms)."""
 
@@ -90,6 +112,7 @@ class Detector:
         self.config = config
 
     def _prepare(self, image: Image.Image, max_side: int) -> tuple[np.ndarray, float]:
+        """(3, H, W) normalised tensor of the image shrunk to fit max_side, and the scale applied."""
         scale = min(1.0, max_side / max(image.width, image.height))
         if scale < 1.0:
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -98,7 +121,7 @@ class Detector:
         if self.config.channel_order == "BGR":
             pixels = pixels[..., ::-1]
         pixels = (pixels - np.asarray(self.config.mean, np.float32)) / np.asarray(self.config.std, np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]), scale
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1)), scale
 
     def detect(
         self,
@@ -110,19 +133,95 @@ class Detector:
         max_faces: int | None = None,
     ) -> list[DetectedFace]:
         """Faces in `image`, best score first, in the image's pixel coordinates."""
+        (faces,) = self.detect_many(
+            [image],
+            max_side=max_side,
+            score_threshold=score_threshold,
+            min_face_size=min_face_size,
+            max_faces=max_faces,
+        )
+        return faces
+
+    def detect_many(
+        self,
+        images: Sequence[Image.Image],
+        *,
+        max_side: int | None = None,
+        score_threshold: float | None = None,
+        min_face_size: float = 0.0,
+        max_faces: int | None = None,
+        pad_to_common_shape: bool = False,
+    ) -> list[list[DetectedFace]]:
+        """Faces of each image, with one network call per distinct input shape.
+
+        Images of one shape share a call and get exactly what `detect` gives each alone. With
+        `pad_to_common_shape`, every image is padded bottom/right to the batch's largest height and width
+        with zeros (the mean pixel once normalised) for a single call, and priors in the padding are
+        ignored; the network then sees content beyond each image's edge where it saw zero padding, which
+        moved LFW faces by up to ~9 px (tests/pipeline/test_detect_batch.py), so it is off by default.
+        """
+        if not images:
+            return []
+        limit = max_side or self.config.max_side
+        prepared = [self._prepare(image, limit) for image in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for row, (tensor, _) in enumerate(prepared):
+            shape = (tensor.shape[1], tensor.shape[2])
+            groups.setdefault(shape, []).append(row)
+        if pad_to_common_shape and len(groups) > 1:
+            groups = {tuple(max(dims) for dims in zip(*groups, strict=True)): list(range(len(images)))}
+        threshold = self.config.score_threshold if score_threshold is None else score_threshold
+        results: list[list[DetectedFace]] = [[] for _ in images]
+        for (height, width), rows in groups.items():
+            batch = np.zeros((len(rows), 3, height, width), np.float32)
+            for slot, row in enumerate(rows):
+                tensor = prepared[row][0]
+                batch[slot, :, : tensor.shape[1], : tensor.shape[2]] = tensor
+            loc, conf, landms = self._session.run(["loc", "conf", "landms"], {"input": batch})
+            for slot, row in enumerate(rows):
+                tensor, scale = prepared[row]
+                results[row] = self._faces(
+                    loc[slot],
+                    conf[slot, :, 1],
+                    landms[slot],
+                    padded=(height, width),
+                    real=(tensor.shape[1], tensor.shape[2]),
+                    scale=scale,
+                    image=images[row],
+                    threshold=threshold,
+                    min_face_size=min_face_size,
+                    max_faces=max_faces,
+                )
+        return results
+
+    def _faces(
+        self,
+        loc: np.ndarray,
+        scores: np.ndarray,
+        landms: np.ndarray,
+        *,
+        padded: tuple[int, int],
+        real: tuple[int, int],
+        scale: float,
+        image: Image.Image,
+        threshold: float,
+        min_face_size: float,
+        max_faces: int | None,
+    ) -> list[DetectedFace]:
+        """Decode one image's network outputs (over a possibly padded input) into faces."""
         cfg = self.config
-        tensor, scale = self._prepare(image, max_side or cfg.max_side)
-        loc, conf, landms = self._session.run(["loc", "conf", "landms"], {"input": tensor})
-        height, width = tensor.shape[2:]
-        threshold = cfg.score_threshold if score_threshold is None else score_threshold
-        scores = conf[0, :, 1]
-        candidates = np.flatnonzero(scores >= threshold)
+        height, width = padded
+        keep = scores >= threshold
+        if padded != real:
+            anchors = tuple(len(sizes) for sizes in cfg.min_sizes)
+            keep &= prior_mask(height, width, *real, steps=cfg.steps, anchors=anchors)
+        candidates = np.flatnonzero(keep)
         if candidates.size == 0:
             return []
         priors = prior_boxes(height, width, min_sizes=cfg.min_sizes, steps=cfg.steps)[candidates]
         to_pixels = np.array([width, height], np.float32) / scale
-        boxes = decode_boxes(loc[0, candidates], priors, cfg.variances) * np.tile(to_pixels, 2)
-        points = decode_landmarks(landms[0, candidates], priors, cfg.variances) * np.tile(to_pixels, 5)
+        boxes = decode_boxes(loc[candidates], priors, cfg.variances) * np.tile(to_pixels, 2)
+        points = decode_landmarks(landms[candidates], priors, cfg.variances) * np.tile(to_pixels, 5)
         kept = nms(boxes, scores[candidates], cfg.nms_threshold)
         faces = []
         for i in kept:

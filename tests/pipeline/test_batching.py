@@ -1,0 +1,168 @@
+"""MicroBatcher's gathering logic, with a tiny batch function (the logic is under test, not a model)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pytest
+
+from service.pipeline import StageTimes
+from service.pipeline.batching import BatcherClosed, BatchFailed, MicroBatcher
+
+# Long enough never to expire in a test that relies on a full batch starting at once.
+FOREVER_S = 60.0
+
+
+class Doubler:
+    """Doubles each item; records every batch it saw; `gate` (when given) holds each batch until set."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = gate
+        self.running = threading.Event()
+
+    def __call__(self, items: list[int], times: StageTimes) -> Sequence[int | Exception]:
+        self.batches.append(list(items))
+        self.running.set()
+        with times.stage("work"):
+            if self.gate is not None:
+                assert self.gate.wait(10), "test gate never opened"
+        return [2 * item for item in items]
+
+
+def _submit_all(batcher: MicroBatcher[int, int], items: Sequence[int]) -> list[Future[int]]:
+    pool = ThreadPoolExecutor(max_workers=len(items))
+    futures = [pool.submit(batcher.submit, item) for item in items]
+    pool.shutdown(wait=False)
+    return futures
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.002)
+
+
+def test_concurrent_submits_run_as_one_batch_once_max_size_items_are_queued() -> None:
+    run = Doubler()
+    batcher = MicroBatcher(run, max_size=5, max_wait_s=FOREVER_S)
+    futures = _submit_all(batcher, [1, 2, 3, 4, 5])
+    assert [f.result(timeout=10) for f in futures] == [2, 4, 6, 8, 10]
+    assert len(run.batches) == 1 and sorted(run.batches[0]) == [1, 2, 3, 4, 5]
+    stats = batcher.stats()
+    assert (stats.batches, stats.items, stats.largest, dict(stats.sizes)) == (1, 5, 5, {5: 1})
+
+
+def test_a_lone_item_runs_after_the_wait_window_and_reports_its_queue_time() -> None:
+    batcher = MicroBatcher(Doubler(), max_size=8, max_wait_s=0.05)
+    times = StageTimes()
+    start = time.perf_counter()
+    assert batcher.submit(21, times) == 42
+    assert 0.045 <= time.perf_counter() - start < 5.0
+    assert times.seconds["queue"] >= 0.045
+    assert "work" in times.seconds, "the batch's own stages reach every caller"
+
+
+def test_batches_never_exceed_max_size_and_every_item_gets_its_own_answer() -> None:
+    run = Doubler()
+    batcher = MicroBatcher(run, max_size=3, max_wait_s=0.02)
+    items = list(range(10))
+    futures = _submit_all(batcher, items)
+    assert [f.result(timeout=10) for f in futures] == [2 * i for i in items]
+    assert all(len(batch) <= 3 for batch in run.batches)
+    assert sorted(i for batch in run.batches for i in batch) == items
+
+
+def test_items_arriving_while_a_batch_runs_form_the_next_batch() -> None:
+    gate = threading.Event()
+    run = Doubler(gate)
+    batcher = MicroBatcher(run, max_size=8, max_wait_s=0.0)
+    (first,) = _submit_all(batcher, [100])
+    assert run.running.wait(10)
+    later = _submit_all(batcher, [1, 2, 3, 4])
+    _wait_until(lambda: batcher.queued() == 4)
+    gate.set()
+    assert first.result(timeout=10) == 200
+    assert [f.result(timeout=10) for f in later] == [2, 4, 6, 8]
+    assert [sorted(batch) for batch in run.batches] == [[100], [1, 2, 3, 4]]
+
+
+def test_an_error_returned_for_one_item_fails_only_that_caller() -> None:
+    def odd_refused(items: list[int], times: StageTimes) -> list[int | Exception]:
+        return [ValueError(f"odd {i}") if i % 2 else i for i in items]
+
+    batcher = MicroBatcher(odd_refused, max_size=4, max_wait_s=FOREVER_S)
+    futures = _submit_all(batcher, [1, 2, 3, 4])
+    assert futures[1].result(timeout=10) == 2 and futures[3].result(timeout=10) == 4
+    for refused, item in ((futures[0], 1), (futures[2], 3)):
+        with pytest.raises(ValueError, match=f"odd {item}"):
+            refused.result(timeout=10)
+    assert batcher.stats().failed_batches == 0
+
+
+def test_a_crash_fails_every_caller_of_that_batch_and_the_next_batch_still_runs() -> None:
+    def crashes_on_zero(items: list[int], times: StageTimes) -> list[int | Exception]:
+        if 0 in items:
+            raise ZeroDivisionError("boom")
+        return [10 // i for i in items]
+
+    batcher = MicroBatcher(crashes_on_zero, max_size=3, max_wait_s=FOREVER_S)
+    futures = _submit_all(batcher, [0, 1, 2])
+    for future in futures:
+        with pytest.raises(BatchFailed) as failure:
+            future.result(timeout=10)
+        assert isinstance(failure.value.__cause__, ZeroDivisionError)
+    assert [f.result(timeout=10) for f in _submit_all(batcher, [1, 2, 5])] == [10, 5, 2]
+    stats = batcher.stats()
+    assert (stats.batches, stats.failed_batches) == (2, 1)
+
+
+def test_a_batch_function_returning_the_wrong_number_of_results_fails_the_batch_cleanly() -> None:
+    batcher = MicroBatcher(lambda items, times: items[:-1], max_size=2, max_wait_s=FOREVER_S)
+    for future in _submit_all(batcher, [1, 2]):
+        with pytest.raises(BatchFailed, match="1 results for 2 items"):
+            future.result(timeout=10)
+
+
+def test_close_runs_what_is_queued_refuses_new_items_and_leaves_no_thread() -> None:
+    threads_before = set(threading.enumerate())
+    gate = threading.Event()
+    run = Doubler(gate)
+    batcher = MicroBatcher(run, max_size=2, max_wait_s=FOREVER_S)
+    queued = _submit_all(batcher, [1, 2, 3, 4, 5])
+    assert run.running.wait(10)
+    _wait_until(lambda: batcher.queued() == 3)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        closing = pool.submit(batcher.close, 10.0)
+        time.sleep(0.05)
+        assert not closing.done(), "close waits for the queued items"
+        gate.set()
+        assert closing.result(timeout=10) is True
+    # The last item had no company and would have waited FOREVER_S; closing ran it at once.
+    assert sorted(f.result(timeout=1) for f in queued) == [2, 4, 6, 8, 10]
+    with pytest.raises(BatcherClosed):
+        batcher.submit(6)
+    _wait_until(lambda: set(threading.enumerate()) <= threads_before)
+
+
+def test_close_gives_up_after_its_timeout_when_a_batch_hangs() -> None:
+    gate = threading.Event()
+    run = Doubler(gate)
+    batcher = MicroBatcher(run, max_size=1, max_wait_s=0.0)
+    (stuck,) = _submit_all(batcher, [1])
+    assert run.running.wait(10)
+    assert batcher.close(0.05) is False
+    gate.set()
+    assert stuck.result(timeout=10) == 2
+    assert batcher.close(1.0) is True
+
+
+def test_settings_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError):
+        MicroBatcher(Doubler(), max_size=0, max_wait_s=0.0)
+    with pytest.raises(ValueError):
+        MicroBatcher(Doubler(), max_size=1, max_wait_s=-1.0)
