@@ -53,6 +53,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                     file=sys.stderr,
                 )
                 return 2
+    # Which embedder: the database's choice (the app checks again at start); a clear message beats a
+    # traceback from inside uvicorn's lifespan.
+    conflict = _embedder_conflict(settings)
+    if conflict is not None:
+        print(f"error: refusing to serve: {conflict}", file=sys.stderr)
+        return 2
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -85,13 +91,189 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
 
     prepared = settings.model_dir / "manifest.toml"
     manifest = load_manifest(prepared if prepared.is_file() else PROJECT_MANIFEST)
-    active = {settings.detector, settings.embedder}
     where = prepared if prepared.is_file() else f"{PROJECT_MANIFEST} (not prepared yet)"
+    active_tag, counts, database_note = _database_view(settings)
     print(f"manifest: {where}")
+    print(f"database: {database_note}")
     for entry in manifest.entries():
-        mark = "*" if entry.name in active else " "
-        print(f"{mark} {entry.tag:32} {entry.kind:9} {entry.licence}")
+        if entry.kind == "embedder":
+            active = entry.tag == active_tag if active_tag else entry.name == settings.embedder
+        else:
+            active = entry.name == settings.detector
+        faces = f"{counts.pop(entry.tag, 0)} faces" if counts is not None and entry.kind == "embedder" else ""
+        origin = "trained" if entry.trained else ""
+        mark = "*" if active else " "
+        print(f"{mark} {entry.tag:32} {entry.kind:9} {origin:8} {faces:>12}  {entry.licence}")
+    for tag, count in (counts or {}).items():  # faces of models no longer in the folder
+        print(f"  {tag:32} {'(not in the model folder)':31} {count:>7} faces")
     return 0
+
+
+def _database_view(settings: Settings) -> tuple[str | None, dict[str, int] | None, str]:
+    """(the active embedder's tag recorded in the database, face counts per model tag, a line for people),
+    without migrating or writing anything; (None, None, why) when the database cannot be read."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.storage import (
+        current_revision,
+        head_revision,
+        make_engine,
+        make_session_factory,
+        service_settings,
+    )
+    from service.storage import repository as repo
+
+    url = make_url(settings.resolved_database_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).expanduser().exists():
+        return None, None, f"none yet at {url.database}"
+    engine = make_engine(settings.resolved_database_url, pool_size=1, max_overflow=0)
+    try:
+        if current_revision(engine) != head_revision():
+            return None, None, "not migrated to the newest schema yet (start the server or run doctor --fix)"
+        with make_session_factory(engine)() as session:
+            active = service_settings.active_embedder(session)
+            counts = repo.models_in_use(session)
+    except SQLAlchemyError as exc:
+        return None, None, f"not reachable ({type(exc).__name__}); face counts and the active model unknown"
+    finally:
+        engine.dispose()
+    if active is None:
+        return None, counts, "no active embedder recorded yet (the first start records FACEBANK_EMBEDDER's)"
+    return active, counts, f"active embedder {active} (* marks the active models)"
+
+
+def _embedder_conflict(settings: Settings) -> str | None:
+    """Why the configured embedder cannot start on this database, or None (nothing is written)."""
+    from service.active_model import (
+        EmbedderChoiceError,
+        ModelLoadError,
+        available_name,
+        configured_tag,
+        conflict_message,
+        embedder_set_explicitly,
+    )
+    from service.storage import service_settings
+
+    with _database(settings) as session:
+        active = service_settings.active_embedder(session)
+    try:
+        if active is None:
+            return None
+        if embedder_set_explicitly(settings) and (configured := configured_tag(settings)) != active:
+            return conflict_message(settings, configured, active)
+        available_name(settings, active)
+    except (EmbedderChoiceError, ModelLoadError) as exc:
+        return str(exc)
+    return None
+
+
+MODEL_USE, MODEL_PRUNE = "model.use", "model.prune"
+
+
+def _models_use(args: argparse.Namespace, settings: Settings) -> int:
+    """Check NAME is a usable prepared embedder, record it as active, and say what happens to other faces."""
+    from service.active_model import EmbedderChoiceError, ModelLoadError, embedder_set_explicitly
+    from service.runtime.models import verify_embedder
+    from service.security import cli_principal, record
+    from service.storage import integrity, service_settings
+    from service.storage import repository as repo
+
+    model_dir = args.model_dir or settings.model_dir
+    try:
+        entry = verify_embedder(model_dir, args.name, device="cpu")
+    except (ModelLoadError, EmbedderChoiceError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    tag = entry.tag
+    with _database(settings) as session:
+        previous = service_settings.set_active_embedder(session, tag=tag)
+        if previous != tag:
+            record(session, cli_principal(), MODEL_USE, "model", tag[:64], {"from": previous, "to": tag})
+        session.commit()
+        counts = repo.models_in_use(session)
+        stranded = integrity.identities_missing_model(session, model=tag) if len(counts) > 1 else []
+    if previous == tag:
+        print(f"{tag} was already the active embedder")
+    else:
+        print(f"active embedder: {tag} (was {previous or 'not recorded'}); {entry.onnx_file} verified")
+    print(f"{counts.get(tag, 0)} stored faces belong to {tag}")
+    others = {model: count for model, count in counts.items() if model != tag}
+    if others:
+        listing = ", ".join(f"{count} of {model}" for model, count in others.items())
+        print(
+            f"{sum(others.values())} stored faces belong to other models ({listing}): they are never put in "
+            f"the index, so {len(stranded)} identities cannot be found until re-enrolled; "
+            "`facebank doctor` reports them"
+        )
+        print("the service keeps no photos, so re-embedding needs them again. Either:")
+        print(f"  facebank ingest FOLDER    # the same folder(s) again: each photo is enrolled for {tag}")
+        for model in others:
+            print(f"  facebank models prune --model {model}    # delete those faces for good")
+    print("running servers go on with the model they loaded (their /readyz answers 503): restart them")
+    if embedder_set_explicitly(settings) and settings.embedder != entry.name:
+        print(
+            f"note: FACEBANK_EMBEDDER={settings.embedder} is set here: the service refuses to start until it "
+            f"is unset or set to {entry.name}"
+        )
+    return 0
+
+
+def _models_prune(args: argparse.Namespace, settings: Settings) -> int:
+    """Delete the faces of one embedding model other than the active one (after a confirmation)."""
+    from service.active_model import ModelLoadError, recorded_embedder
+    from service.security import cli_principal, record
+    from service.storage import integrity
+    from service.storage import repository as repo
+
+    model = args.model
+    if "@" not in model:
+        print(f"error: give a model tag name@version, as `facebank models list` shows; not {model!r}")
+        return 2
+    with _database(settings) as session:
+        try:
+            active, _ = recorded_embedder(settings, session)
+        except ModelLoadError as exc:
+            print(f"error: cannot tell the active embedder: {exc}", file=sys.stderr)
+            return 1
+        if model == active:
+            print(
+                f"error: {model} is the active embedder; switch first (`facebank models use NAME`)",
+                file=sys.stderr,
+            )
+            return 1
+        keys = integrity.face_keys_of_model(session, model=model)
+        if not keys:
+            known = ", ".join(repo.models_in_use(session)) or "none"
+            print(f"no faces of {model} to delete (stored model tags: {known})")
+            return 0
+        emptied = integrity.identities_only_with_model(session, model=model)
+        question = (
+            f"delete {len(keys)} faces of {model} for good ({len(emptied)} identities will have no face "
+            f"left; re-enroll them with `facebank ingest`)?"
+        )
+        if not args.yes and not _confirm(question):
+            print("nothing deleted (give --yes to skip this question)", file=sys.stderr)
+            return 1
+        actor = cli_principal()
+        removed = integrity.delete_faces(session, keys=keys)
+        _audit_deletions(session, actor, removed, reason=f"models prune: {model}"[:200])
+        detail = {"faces": len(removed), "identities_left_without_faces": len(emptied), "active": active}
+        record(session, actor, MODEL_PRUNE, "model", model[:64], detail)
+        session.commit()
+    print(f"deleted {len(removed)} faces of {model} (not in any index: nothing to rebuild)")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        print(f"{question} [y/N] no answer possible (standard input is not a terminal)", file=sys.stderr)
+        return False
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in {"y", "yes"}
 
 
 def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -186,7 +368,8 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
     compares a running server's index with SQL (GET /v1/admin/index), and --fix asks that server to rebuild
     it (POST /v1/admin/index/rebuild), which is what a restart would do, without the downtime.
     """
-    from models.manifest import PROJECT_MANIFEST, ManifestError, load_manifest
+    from models.manifest import PROJECT_MANIFEST, ManifestError, ModelEntry, load_manifest
+    from service.active_model import embedder_set_explicitly
     from service.gallery import Gallery
     from service.index import make_index
     from service.security import cli_principal
@@ -197,6 +380,7 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
         integrity,
         make_engine,
         make_session_factory,
+        service_settings,
         upgrade_to_head,
     )
     from service.storage import repository as repo
@@ -220,18 +404,33 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
             report.fixed(f"migrated the schema to {head}")
         sessions = make_session_factory(engine)
 
-        # 2. Which model the server would use.
+        # 2. Which model the server would use: the database's choice, else (fresh) the configured one.
         prepared = settings.model_dir / "manifest.toml"
+        with sessions() as session:
+            recorded = service_settings.active_embedder(session)
         try:
-            entry = load_manifest(prepared if prepared.is_file() else PROJECT_MANIFEST).get(settings.embedder)
+            manifest = load_manifest(prepared if prepared.is_file() else PROJECT_MANIFEST)
+            entry: ModelEntry | None = (
+                manifest.get(settings.embedder)
+                if recorded is None
+                else next((e for e in manifest.embedders() if e.tag == recorded), None)
+            )
         except (ManifestError, KeyError, OSError) as exc:
-            report.problem(f"cannot tell the active embedder {settings.embedder!r}: {exc}")
+            report.problem(f"cannot tell the active embedder {recorded or settings.embedder!r}: {exc}")
+            return 1
+        if entry is None:
+            report.problem(f"the database's active embedder {recorded} is not in {settings.model_dir}")
+            report.note("prepare or register it there, or switch with `facebank models use NAME`")
             return 1
         if entry.embedder is None:
             report.problem(f"{settings.embedder!r} is not an embedder in the manifest")
             return 1
         tag, dim = entry.tag, int(entry.embedder.dim)
-        report.ok(f"active embedder {tag} ({dim} dimensions)")
+        source = "recorded in the database" if recorded else "configured; the first start records it"
+        report.ok(f"active embedder {tag} ({dim} dimensions; {source})")
+        if recorded and embedder_set_explicitly(settings) and settings.embedder != entry.name:
+            report.problem(f"FACEBANK_EMBEDDER={settings.embedder} disagrees with it: serving will not start")
+            report.note(f"`facebank models use {settings.embedder}` switches; or unset FACEBANK_EMBEDDER")
 
         # 3. Model-version mixing: faces of other models are invisible to search.
         actor = cli_principal()
@@ -255,7 +454,10 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
                     session.commit()
                     report.fixed(f"deleted {len(removed)} faces of other models")
                 else:
-                    report.note("re-enroll those people, or `--fix --drop-other-models` to delete the faces")
+                    report.note(
+                        "re-enroll them (`facebank ingest FOLDER` again), or delete them: "
+                        + "; ".join(f"`facebank models prune --model {m}`" for m in others)
+                    )
 
             # 4. Stored vectors the index cannot take.
             malformed = integrity.malformed_face_keys(session, model=tag, dim=dim)
@@ -374,8 +576,26 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--download", action="store_true", help="fetch the pinned upstream URLs")
     prepare.add_argument("--model-dir", type=Path, help="output folder (default FACEBANK_MODEL_DIR)")
     prepare.set_defaults(handler=_models_prepare)
-    listing = models_commands.add_parser("list", help="models in the manifest; * marks the active ones")
+    listing = models_commands.add_parser(
+        "list", help="models in the manifest with face counts; * marks the active ones"
+    )
     listing.set_defaults(handler=_models_list)
+    use = models_commands.add_parser(
+        "use",
+        help="switch the service to a prepared embedder (recorded in the database for every process)",
+        description="Check NAME (its ONNX file against its sha256, one run through it), record it in the "
+        "database as the active embedder, and report the stored faces of other models. Restart the servers "
+        "afterwards.",
+    )
+    use.add_argument("name", help="embedder name in the prepared manifest, e.g. mobilefacenet")
+    use.add_argument("--model-dir", type=Path, help="prepared model folder (default FACEBANK_MODEL_DIR)")
+    use.set_defaults(handler=_models_use)
+    prune = models_commands.add_parser(
+        "prune", help="delete the stored faces of an embedding model other than the active one"
+    )
+    prune.add_argument("--model", required=True, help="model tag name@version, as `models list` shows")
+    prune.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    prune.set_defaults(handler=_models_prune)
 
     keys = commands.add_parser("keys", help="create, list and revoke API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from service import __version__
+from service.active_model import EmbedderChoiceError, resolve_embedder
 from service.api.auth import AuthMiddleware
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
@@ -23,7 +24,7 @@ from service.config import Settings
 from service.gallery import Gallery
 from service.index import make_index
 from service.pipeline.factory import build_pipeline
-from service.runtime import LoadedModels
+from service.runtime import LoadedModels, ModelLoadError
 from service.security import NO_KEYS_HINT, is_loopback
 from service.storage import keys as key_repo
 from service.storage.engine import make_engine, make_session_factory
@@ -39,7 +40,8 @@ class NoKeysOnPublicAddress(RuntimeError):
 
 
 def build_state(settings: Settings, models: LoadedModels | None = None) -> AppState:
-    """Open the database (migrated to head), load models, rebuild the index from SQL and verify it."""
+    """Open the database (migrated to head), load the database's active embedder (see
+    service/active_model.py), rebuild the index from SQL and verify it."""
     engine = make_engine(settings.resolved_database_url)
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
@@ -52,6 +54,11 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
                     f"refusing to serve on {settings.host}: no API key exists, so anyone could use the "
                     f"service; {NO_KEYS_HINT}"
                 )
+    try:
+        settings = resolve_embedder(settings, sessions, loaded_tag=models.embedder_tag if models else None)
+    except (EmbedderChoiceError, ModelLoadError):
+        engine.dispose()
+        raise
     # Why one face over the limit: the API must see that a photo has too many faces to refuse it.
     pipeline, models = build_pipeline(
         settings.model_copy(update={"max_faces": settings.max_faces + 1}), models

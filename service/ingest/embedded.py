@@ -37,6 +37,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.active_model import resolve_embedder
 from service.config import Settings
 from service.ingest.gates import Gates, Verdict, check_blur, pick_face
 from service.ingest.progress import StopFlag
@@ -386,13 +387,14 @@ def run_embedded(
 ) -> RunInfo:
     """Ingest `items` into settings' database; outcomes go to `tally`. Returns once all is committed."""
     started = time.perf_counter()
-    pipeline, models = build_pipeline(settings)
-    model = models.embedder_tag
     engine = make_engine(settings.resolved_database_url, pool_size=options.workers + 2)
     clock = _StageClock()
     try:
         upgrade_to_head(engine)
         sessions = make_session_factory(engine)
+        # The database says which embedder to use, as it does for the servers (service/active_model.py).
+        pipeline, models = build_pipeline(resolve_embedder(settings, sessions))
+        model = models.embedder_tag
         directory = IdentityDirectory()
         with sessions() as session:
             directory.load(session)

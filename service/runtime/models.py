@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.manifest import ManifestError, ModelEntry, load_manifest, sha256_file
+from models.manifest import Manifest, ManifestError, ModelEntry, load_manifest, sha256_file
 from service.pipeline.detect import DetectorConfig, OnnxSession
 from service.pipeline.embed import EmbedderConfig
 from service.runtime.sessions import Device, create_session
@@ -70,17 +70,49 @@ def _verified_onnx(model_dir: Path, entry: ModelEntry) -> Path:
     return path
 
 
-def load_models(
-    model_dir: Path, *, detector: str, embedder: str, device: Device = "cpu", threads: int = 0
-) -> LoadedModels:
+def prepared_manifest(model_dir: Path) -> Manifest:
+    """The prepared manifest of ``model_dir``; :class:`ModelLoadError` saying how to prepare one."""
     manifest_path = model_dir / "manifest.toml"
     if not manifest_path.is_file():
         raise ModelLoadError(f"no prepared models in {model_dir}; {PREPARE_HINT}")
     try:
-        manifest = load_manifest(manifest_path)
+        return load_manifest(manifest_path)
+    except ManifestError as exc:
+        raise ModelLoadError(f"{exc}; {PREPARE_HINT}") from exc
+
+
+def prepared_entry(model_dir: Path, name: str) -> ModelEntry:
+    """The entry called ``name`` in the prepared manifest of ``model_dir`` (not checked against its file)."""
+    try:
+        return prepared_manifest(model_dir).get(name)
+    except ManifestError as exc:
+        raise ModelLoadError(f"{exc}; {PREPARE_HINT}") from exc
+
+
+def verify_embedder(model_dir: Path, name: str, *, device: Device = "cpu", threads: int = 0) -> ModelEntry:
+    """Check that ``name`` is a usable embedder in ``model_dir``: in the manifest, its ONNX file matching its
+    sha256, and one blank crop through it giving a finite vector of the manifest's width."""
+    entry = prepared_entry(model_dir, name)
+    config = embedder_config(entry)
+    session = create_session(_verified_onnx(model_dir, entry), device=device, threads=threads)
+    width, height = config.input_size
+    (output,) = session.run(["embedding"], {"input": np.zeros((1, 3, height, width), np.float32)})
+    if output.shape != (1, config.dim) or not np.isfinite(output).all():
+        raise ModelLoadError(
+            f"{entry.tag}: {entry.onnx_file} gave an output of shape {output.shape}, "
+            f"the manifest says (1, {config.dim}) finite values"
+        )
+    return entry
+
+
+def load_models(
+    model_dir: Path, *, detector: str, embedder: str, device: Device = "cpu", threads: int = 0
+) -> LoadedModels:
+    manifest = prepared_manifest(model_dir)
+    try:
         det_entry, emb_entry = manifest.get(detector), manifest.get(embedder)
     except (ManifestError, KeyError) as exc:
-        raise ModelLoadError(f"{manifest_path}: {exc}; {PREPARE_HINT}") from exc
+        raise ModelLoadError(f"{model_dir / 'manifest.toml'}: {exc}; {PREPARE_HINT}") from exc
     det_config, emb_config = detector_config(det_entry), embedder_config(emb_entry)
     return LoadedModels(
         detector_tag=det_entry.tag,

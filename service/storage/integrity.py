@@ -29,6 +29,17 @@ def face_keys_of_other_models(session: Session, *, model: str) -> list[int]:
     return list(session.scalars(select(Face.key).where(Face.model != model).order_by(Face.key)))
 
 
+def face_keys_of_model(session: Session, *, model: str) -> list[int]:
+    return list(session.scalars(select(Face.key).where(Face.model == model).order_by(Face.key)))
+
+
+def identities_only_with_model(session: Session, *, model: str) -> list[uuid.UUID]:
+    """Identities all of whose faces are of `model`: deleting those faces leaves them with none."""
+    of_model = select(Face.identity_id).where(Face.model == model)
+    others = select(Face.identity_id).where(Face.model != model)
+    return sorted(session.scalars(of_model.except_(others)), key=str)
+
+
 def malformed_face_keys(session: Session, *, model: str, dim: int) -> list[int]:
     """Faces of `model` whose stored vector does not have `dim` float32 values."""
     query = (

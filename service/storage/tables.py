@@ -165,3 +165,20 @@ class AuditEvent(Base):
 
     def __repr__(self) -> str:
         return f"AuditEvent(id={self.id}, action={self.action!r}, target_id={self.target_id!r})"
+
+
+class ServiceSetting(Base):
+    """Service-wide choices that every app process must agree on, e.g. the active embedder (`name@version`).
+
+    Why in SQL: several processes share one database, and a choice kept in each one's environment could
+    differ between them; the database is the one place they all read.
+    """
+
+    __tablename__ = "service_settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"ServiceSetting(key={self.key!r}, value={self.value!r})"

@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from service.api.deps import State
 from service.storage import repository as repo
+from service.storage import service_settings
 
 router = APIRouter(tags=["health"])
 
@@ -19,18 +20,26 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(state: State) -> JSONResponse:
+    """Ready: database reachable, index in step with SQL, and this process runs the database's active
+    embedder (after `facebank models use` it does not until restarted). Faces of other models are
+    counted, not a reason to be unready: they are never in the index."""
     checks: dict[str, object] = {"models": True}
     try:
         with state.sessions() as session:
             session.execute(text("SELECT 1"))
             sql_faces = repo.count_faces(session, model=state.embedder_tag)
+            all_faces = repo.count_faces(session)
+            active = service_settings.active_embedder(session)
         checks["database"] = True
         checks["index_in_step"] = sql_faces == len(state.gallery.index)
         checks["faces"] = sql_faces
+        checks["embedder"] = state.embedder_tag
+        checks["embedder_active"] = active in (None, state.embedder_tag)
+        checks["other_model_faces"] = all_faces - sql_faces
     except Exception as exc:  # any DB failure means not ready, whatever its type
         checks["database"] = False
         checks["error"] = type(exc).__name__
-    ready = bool(checks.get("database")) and bool(checks.get("index_in_step"))
+    ready = all(bool(checks.get(name)) for name in ("database", "index_in_step", "embedder_active"))
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
     )
