@@ -1,0 +1,133 @@
+"""Gallery.rebuild and Gallery.audit against real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.gallery import Gallery
+from service.index import make_index
+from service.storage import make_engine, make_session_factory, upgrade_to_head
+from service.storage import repository as repo
+from service.storage.tables import Face
+
+DIM = 8
+MODEL = "m@1"
+
+
+def _unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = (
+        f"sqlite:///{tmp_path / 'g.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("fresh_postgres_url")
+    )
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _store(sessions: sessionmaker[Session], identity: uuid.UUID, seed: int, model: str = MODEL) -> int:
+    """Commit one face straight to SQL, as another process would; returns its key."""
+    with sessions() as session:
+        face = repo.add_face(
+            session,
+            identity_id=identity,
+            embedding=_unit(seed),
+            model=model,
+            bbox=[0, 0, 1, 1],
+            det_score=1.0,
+            landmarks=None,
+            image_sha256=f"{seed:064d}",
+        )
+        key = face.key
+        session.commit()
+    return key
+
+
+def _person(sessions: sessionmaker[Session]) -> uuid.UUID:
+    with sessions() as session:
+        identity = repo.create_identity(session, name="someone")
+        session.commit()
+        return identity.id
+
+
+def _drop_in_sql(sessions: sessionmaker[Session], key: int) -> None:
+    with sessions() as session:
+        session.execute(delete(Face).where(Face.key == key))
+        session.commit()
+
+
+def test_a_rebuilt_gallery_holds_exactly_the_models_faces_and_audits_in_step(
+    sessions: sessionmaker[Session],
+) -> None:
+    person = _person(sessions)
+    keys = [_store(sessions, person, seed) for seed in range(5)]
+    _store(sessions, person, 99, model="other@1")  # another model's face never enters this index
+    gallery = Gallery(make_index(DIM), sessions, MODEL)
+    assert gallery.rebuild() == 5
+    assert gallery.index.ids().tolist() == sorted(keys)
+    for audit in (gallery.audit(), gallery.audit(since_rebuild=True)):
+        assert audit.in_step and audit.sql_faces == audit.index_faces == 5
+
+
+def test_the_audit_after_a_rebuild_compares_with_what_the_rebuild_read_not_sql_again(
+    sessions: sessionmaker[Session],
+) -> None:
+    person = _person(sessions)
+    keys = [_store(sessions, person, seed) for seed in range(4)]
+    gallery = Gallery(make_index(DIM), sessions, MODEL)
+    gallery.rebuild()
+    _drop_in_sql(sessions, keys[1])  # another process deletes a row behind the gallery's back
+    assert gallery.audit(since_rebuild=True).in_step  # the keys the rebuild read, no SQL read
+    fresh = gallery.audit()  # reads SQL: the index holds a face SQL no longer has
+    assert not fresh.in_step and fresh.stale_in_index == 1 and fresh.stale_keys == [keys[1]]
+
+
+def test_a_write_through_the_gallery_makes_the_after_rebuild_audit_read_sql(
+    sessions: sessionmaker[Session],
+) -> None:
+    person = _person(sessions)
+    keys = [_store(sessions, person, seed) for seed in range(3)]
+    gallery = Gallery(make_index(DIM), sessions, MODEL)
+    gallery.rebuild()
+    new_key = _store(sessions, person, 50)
+    gallery.added(new_key, person, _unit(50))
+    _drop_in_sql(sessions, keys[0])
+    audit = gallery.audit(since_rebuild=True)
+    assert audit.sql_faces == 3 and audit.stale_keys == [keys[0]]
+
+
+def test_the_audit_lists_faces_missing_from_the_index_and_stale_ones_sorted(
+    sessions: sessionmaker[Session],
+) -> None:
+    person = _person(sessions)
+    keys = [_store(sessions, person, seed) for seed in range(3)]
+    gallery = Gallery(make_index(DIM), sessions, MODEL)
+    gallery.rebuild()
+    later = [_store(sessions, person, seed) for seed in range(10, 13)]  # committed by someone else
+    _drop_in_sql(sessions, keys[2])
+    audit = gallery.audit()
+    assert (audit.sql_faces, audit.index_faces) == (5, 3)
+    assert audit.missing_from_index == 3 and audit.missing_keys == sorted(later)
+    assert audit.stale_in_index == 1 and audit.stale_keys == [keys[2]]
+    assert gallery.rebuild() == 5 and gallery.audit(since_rebuild=True).in_step
+
+
+def test_an_empty_database_rebuilds_to_an_empty_index_in_step(sessions: sessionmaker[Session]) -> None:
+    gallery = Gallery(make_index(DIM), sessions, MODEL)
+    assert gallery.rebuild() == 0
+    audit = gallery.audit(since_rebuild=True)
+    assert audit.in_step and audit.sql_faces == 0 and len(gallery.index) == 0
