@@ -3,6 +3,11 @@
 Synthetic unit vectors (d=128) fill the gallery. For each gallery size: p50 latency of one query and
 throughput at 1024 queries per call; on the CPU also FAISS OpenMP threads 1 vs all cores (the service's
 `search_threads`, default 1) and concurrent single-query searchers (our index holds a lock around search).
+
+With `--device cuda`, "ours" is the service's GPU index (`FaissGpuFlatIndex`, fp16 per `index_fp16`) and,
+from 1M up, `_gpu_variants` measures what could close the gap to the memory floor (docs/benchmarks.md,
+"GPU search"): the gallery split over shards searched at once, FAISS's cuVS flat path, the cost of
+tombstones (removed faces still stored), and an IVF index with its recall@10 against the exact result.
 """
 
 from __future__ import annotations
@@ -204,7 +209,9 @@ def _one_gallery(ctx: Context, n: int, queries: np.ndarray, gpu: _GpuBaselines |
         gallery[ids[0] : ids[0] + len(ids)] = block
 
     fill(n, keep)
-    ours = make_index(DIM, device=ctx.device, search_threads=ctx.settings.search_threads)
+    ours = make_index(
+        DIM, device=ctx.device, search_threads=ctx.settings.search_threads, fp16=ctx.settings.index_fp16
+    )
     started = time.perf_counter()
     ours.add(np.arange(n, dtype=np.int64), gallery)
     ours_add_s = time.perf_counter() - started
@@ -275,6 +282,9 @@ def _one_gallery(ctx: Context, n: int, queries: np.ndarray, gpu: _GpuBaselines |
         )
     )
 
+    if gpu is not None and n >= 1_000_000:
+        del stock
+        _gpu_variants(ctx, name, n, gallery, queries, ours, gpu, single_repeats, batch_repeats)
     if gpu is None and (n >= 100_000 or ctx.quick):
         _small_batches(ctx, name, n, ours, queries, single_repeats, threads)
         _threads(ctx, name, n, gallery, queries, single_repeats, batch_repeats, threads)
@@ -427,6 +437,132 @@ def _concurrency(
             note=f"FAISS threads set to {setting} in each searching thread; {seconds:.0f} s each",
         )
     )
+
+
+def _gpu_variants(
+    ctx: Context,
+    name: str,
+    n: int,
+    gallery: np.ndarray,
+    queries: np.ndarray,
+    ours: Any,
+    gpu: _GpuBaselines,
+    single_repeats: int,
+    batch_repeats: int,
+) -> None:
+    """GPU only: the candidate ways to close the gap to the floor, each beside our index as it runs."""
+    import gc
+
+    from service.index import FaissGpuFlatIndex
+
+    fp16 = ctx.settings.index_fp16
+    q = _Cycle(queries)
+    ours_single = ms(p50(samples(lambda: ours.search(q(), K), repeat=single_repeats, warmup=2)))
+    ours_label = f"our GPU index, 1 shard ({'fp16' if fp16 else 'fp32'})"
+
+    def single(label_id: str, label: str, index: Any, note: str = "") -> None:
+        value = ms(p50(samples(lambda: index.search(q(), K), repeat=single_repeats, warmup=3)))
+        batch = BATCH / p50(samples(lambda: index.search(queries, K), repeat=batch_repeats, warmup=1))
+        ctx.add(
+            Figure(
+                id=f"search.{name}.gpu.{label_id}.single_p50_ms",
+                section="search",
+                label=f"{label}: 1 query, k={K}, gallery {n:,}×{DIM}, p50",
+                value=value,
+                unit="ms",
+                better="lower",
+                baseline=Comparison(ours_label, ours_single, "ms"),
+                also=[Comparison(f"same, {BATCH} queries per call", batch, "q/s", compare=False)],
+                note=note,
+            )
+        )
+
+    # 1. Shards: FAISS k-selects each query on one thread block; shards select on several SMs at once.
+    for shards in (4, 16):
+        index = FaissGpuFlatIndex(DIM, fp16=fp16, shards=shards)
+        index.add(np.arange(n, dtype=np.int64), gallery)
+        single(f"shards{shards}", f"our GPU index, {shards} shards searched at once", index)
+        del index
+        gc.collect()
+
+    # 2. FAISS's cuVS brute-force path (one multi-block k-selection), where this faiss build has it.
+    cuvs_missing = None
+    try:
+        config = gpu.faiss.GpuIndexFlatConfig()
+        config.useFloat16 = fp16
+        if not hasattr(config, "use_cuvs"):
+            raise RuntimeError("GpuIndexFlatConfig has no use_cuvs in this faiss")
+        config.use_cuvs = True
+        cuvs = gpu.faiss.GpuIndexFlatIP(gpu.resources, DIM, config)
+        cuvs.add(gallery)
+        single("cuvs", "stock faiss.GpuIndexFlatIP with use_cuvs=True", cuvs)
+        del cuvs
+    except RuntimeError as exc:
+        cuvs_missing = f"not measured: {exc}"
+    if cuvs_missing is not None:
+        ctx.add(
+            Figure(
+                id=f"search.{name}.gpu.cuvs.single_p50_ms",
+                section="search",
+                label=f"stock faiss.GpuIndexFlatIP with use_cuvs=True: 1 query, gallery {n:,}",
+                value=None,
+                unit="ms",
+                better="lower",
+                baseline=Comparison(ours_label, ours_single, "ms"),
+                missing=cuvs_missing,
+            )
+        )
+
+    # 3. Tombstones: removed faces stay on the device until compaction, and each one deepens the search.
+    rng = np.random.default_rng(3)
+    for removed in (100, 1000):
+        index = FaissGpuFlatIndex(DIM, fp16=fp16)
+        index.add(np.arange(n, dtype=np.int64), gallery)
+        index.remove(rng.choice(n, size=removed, replace=False))
+        probe = FaissGpuFlatIndex(DIM, fp16=fp16)  # compaction cost, measured on a copy of the same size
+        probe.add(np.arange(n, dtype=np.int64), gallery)
+        probe.remove(np.arange(removed))
+        started = time.perf_counter()
+        probe.compact()
+        compact_s = time.perf_counter() - started
+        del probe
+        single(
+            f"tombstones{removed}",
+            f"our GPU index with {removed:,} removed faces not yet compacted (search depth k+{removed})",
+            index,
+            note=f"compacting {n:,} vectors with {removed:,} removed took {compact_s:.2f} s",
+        )
+        del index
+        gc.collect()
+
+    # 4. IVF: approximate, so its recall@10 against the exact top 10 goes with its time.
+    exact = gpu.flat(fp16=False)
+    exact.add(gallery)
+    truth = exact.search(queries[:200], K)[1]
+    del exact
+    nlist = 4096 if n <= 1_000_000 else 16384
+    config = gpu.faiss.GpuIndexIVFFlatConfig()
+    ivf = gpu.faiss.GpuIndexIVFFlat(gpu.resources, DIM, nlist, gpu.faiss.METRIC_INNER_PRODUCT, config)
+    train = gallery[np.random.default_rng(4).choice(n, size=min(n, 64 * nlist), replace=False)]
+    started = time.perf_counter()
+    ivf.train(train)
+    ivf.add(gallery)
+    build_s = time.perf_counter() - started
+    for nprobe in (32, 256):
+        ivf.nprobe = nprobe
+        found = ivf.search(queries[:200], K)[1]
+        recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth, strict=True)]))
+        single(
+            f"ivf{nlist}_nprobe{nprobe}",
+            f"faiss.GpuIndexIVFFlat nlist={nlist}, nprobe={nprobe} (fp32, approximate)",
+            ivf,
+            note=(
+                f"recall@{K} vs exact on 200 queries: {recall:.3f} (random vectors have no clusters, the "
+                f"worst case for IVF; real faces cluster); train + add {build_s:.1f} s"
+            ),
+        )
+    del ivf
+    gc.collect()
 
 
 class _GpuBaselines:
