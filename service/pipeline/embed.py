@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,10 +29,20 @@ def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return vectors / np.maximum(norms, eps)
 
 
-class Embedder:
-    """Runs an embedding ONNX graph (input `input` N×3×H×W; output `embedding` N×dim)."""
+@runtime_checkable
+class BindingSession(Protocol):
+    """A session writing outputs into arrays the caller owns (IO binding; service.runtime.sessions)."""
 
-    def __init__(self, session: OnnxSession, config: EmbedderConfig) -> None:
+    def run_into(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None: ...
+
+
+class Embedder:
+    """Runs an embedding ONNX graph (input `input` N×3×H×W; output `embedding` N×dim).
+
+    With a :class:`BindingSession` each chunk's embeddings land directly in the result array.
+    """
+
+    def __init__(self, session: OnnxSession | BindingSession, config: EmbedderConfig) -> None:
         self._session = session
         self.config = config
 
@@ -45,9 +57,17 @@ class Embedder:
         """(N, H, W, 3) uint8 RGB crops → (N, dim) unit vectors, in chunks of max_batch."""
         if len(crops) == 0:
             return np.zeros((0, self.config.dim), np.float32)
+        session = self._session
+        if isinstance(session, BindingSession):
+            result = np.empty((len(crops), self.config.dim), np.float32)
+            for start in range(0, len(crops), self.config.max_batch):
+                stop = min(start + self.config.max_batch, len(crops))
+                batch = self.preprocess(crops[start:stop])
+                session.run_into({"input": batch}, {"embedding": result[start:stop]})
+            return l2_normalize(result)
         outputs = []
         for start in range(0, len(crops), self.config.max_batch):
             batch = self.preprocess(crops[start : start + self.config.max_batch])
-            (embedding,) = self._session.run(["embedding"], {"input": batch})
+            (embedding,) = session.run(["embedding"], {"input": batch})
             outputs.append(embedding)
         return l2_normalize(np.concatenate(outputs))
