@@ -213,16 +213,19 @@ class SlotIndex:
 
     def _search_live(self, queries: np.ndarray, k: int) -> SearchResult:
         stored = self._storage.ntotal
-        # Every tombstone could outrank every live vector, so asking for k + tombstones is always enough.
-        depth = min(k + self._tombstones, stored)
+        # Every tombstone could outrank every live vector, so k + tombstones is always deep enough. But a
+        # deep search costs (GPU k-selection slows with k) and tombstones rarely crowd one query's top, so
+        # try a shallow one first: if each row still finds k live results, they are the exact top k.
+        full = min(k + self._tombstones, stored)
+        shallow = min(full, 2 * k + 16)
         limit = self._storage.max_k
-        capped = limit is not None and depth > limit
-        if capped:
-            assert limit is not None
-            depth = limit
-        scores, positions = self._storage.search(queries, depth)
-        result, complete = self._to_ids(scores, positions, k)
-        if complete or not capped:
+        if shallow < full and (limit is None or shallow <= limit):
+            result, complete = self._to_ids(*self._storage.search(queries, shallow), k)
+            if complete:
+                return result
+        depth = full if limit is None else min(full, limit)
+        result, complete = self._to_ids(*self._storage.search(queries, depth), k)
+        if complete or depth == full:
             return result
         if self._tombstones > 0:
             # Tombstones crowded the deepest search the storage allows: drop them and try again.

@@ -180,6 +180,19 @@ def test_a_search_crowded_by_tombstones_beyond_the_k_limit_compacts_and_stays_ex
     assert ours.compactions == 1 and ours.tombstones == 0
 
 
+def test_tombstones_crowding_the_first_shallow_search_lead_to_a_deeper_exact_one() -> None:
+    ours, reference = _slot_index(compact_min=10**9), FaissFlatIndex(DIM)
+    vectors = _vectors(100)
+    query = vectors[:1]
+    for index in (ours, reference):
+        index.add(np.arange(100), vectors)
+    nearest = ours.search(query, 40).ids[0]
+    for index in (ours, reference):
+        index.remove(nearest)  # the shallow first try (2k + 16 = 22 deep for k=3) sees only tombstones
+    _assert_same(ours, reference, query, 3)
+    assert ours.compactions == 0
+
+
 def test_k_beyond_the_storage_limit_is_answered_exactly_by_a_host_scan() -> None:
     ours, reference = _slot_index(max_k=4, parts=2), FaissFlatIndex(DIM)
     vectors = _vectors(30)
