@@ -3,14 +3,50 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from service.pipeline import StageTimes
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class BatchCollector(Collector):
+    """Batch sizes, failed batches and the queue, read from the app's micro-batcher when scraped.
+
+    The time each request waited for its batch is the `queue` stage of facebank_stage_seconds.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        state = getattr(self._app.state, "facebank", None)
+        batcher = getattr(state, "batcher", None)
+        if batcher is None:
+            return
+        stats = batcher.stats()
+        buckets = [
+            (str(bound), sum(n for size, n in stats.sizes.items() if size <= bound))
+            for bound in _BATCH_SIZE_BUCKETS
+        ]
+        yield HistogramMetricFamily(
+            "facebank_batch_size",
+            "requests per micro-batch",
+            buckets=[*buckets, ("+Inf", stats.batches)],
+            sum_value=stats.items,
+        )
+        yield CounterMetricFamily(
+            "facebank_batch_failures", "micro-batches that failed as a whole", value=stats.failed_batches
+        )
+        yield GaugeMetricFamily(
+            "facebank_batch_queued", "requests waiting for a micro-batch", value=batcher.queued()
+        )
 
 
 class Metrics:
@@ -39,6 +75,7 @@ class Metrics:
 
 def install_metrics(app: FastAPI) -> Metrics:
     metrics = Metrics()
+    metrics.registry.register(BatchCollector(app))
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

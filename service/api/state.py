@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.api.batching import RecognitionBatcher
 from service.config import Settings
 from service.gallery import Gallery
 from service.pipeline import FacePipeline
@@ -28,3 +29,21 @@ class AppState:
     open_without_keys: bool
     # Bounds how many uploads are decoded and run through the networks at once (memory and CPU).
     image_slots: threading.BoundedSemaphore
+    # Gathers concurrent identify/detect requests into one model call; None when batch_max_wait_ms is 0.
+    batcher: RecognitionBatcher | None = None
+
+    def __post_init__(self) -> None:
+        if self.batcher is None and self.settings.batch_max_wait_ms > 0:
+            self.batcher = RecognitionBatcher(
+                self.pipeline,
+                self.gallery,
+                max_faces=self.settings.max_faces,
+                max_size=self.settings.batch_max_size,
+                max_wait_s=self.settings.batch_max_wait_ms / 1000,
+            )
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking batched requests, let the queued ones finish, then release the database."""
+        if self.batcher is not None:
+            self.batcher.close(timeout)
+        self.engine.dispose()

@@ -122,7 +122,10 @@ def test_a_crash_fails_every_caller_of_that_batch_and_the_next_batch_still_runs(
 
 
 def test_a_batch_function_returning_the_wrong_number_of_results_fails_the_batch_cleanly() -> None:
-    batcher = MicroBatcher(lambda items, times: items[:-1], max_size=2, max_wait_s=FOREVER_S)
+    def drops_the_last(items: list[int], times: StageTimes) -> list[int | Exception]:
+        return list(items[:-1])
+
+    batcher = MicroBatcher(drops_the_last, max_size=2, max_wait_s=FOREVER_S)
     for future in _submit_all(batcher, [1, 2]):
         with pytest.raises(BatchFailed, match="1 results for 2 items"):
             future.result(timeout=10)

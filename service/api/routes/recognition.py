@@ -11,8 +11,9 @@ from PIL import Image
 
 from service.api import schemas
 from service.api.auth import Identify
+from service.api.batching import RecognitionRequest, RecognitionResult
 from service.api.convert import detection_out
-from service.api.deps import DB, State, Times, detect_faces, image_slot, read_image
+from service.api.deps import DB, IMAGE_SLOT_WAIT_S, State, Times, detect_faces, image_slot, read_image
 from service.api.errors import APIError, not_found
 from service.api.state import AppState
 from service.pipeline import StageTimes
@@ -32,12 +33,16 @@ def identify(
     k: int = Query(default=5, ge=1, le=100),
     threshold: float | None = Query(default=None, ge=-1.0, le=1.0),
 ) -> schemas.IdentifyResponse:
-    with image_slot(state):
-        picture, _data = read_image(image, state, times)
-        faces = state.pipeline.embed_faces(picture, detect_faces(state, picture, times), times)
+    if state.batcher is not None:
+        found = _batched(state, times, image, k)
+        faces, ranked = found.embedded, found.matches
+    else:
+        with image_slot(state):
+            picture, _data = read_image(image, state, times)
+            faces = state.pipeline.embed_faces(picture, detect_faces(state, picture, times), times)
+        with times.stage("search"):
+            ranked = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
     cutoff = state.threshold if threshold is None else threshold
-    with times.stage("search"):
-        ranked = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
     results = []
     for face, matches in zip(faces, ranked, strict=True):
         best = matches[0] if matches and matches[0].score >= cutoff else None
@@ -56,6 +61,17 @@ def identify(
             )
         )
     return schemas.IdentifyResponse(model=state.embedder_tag, faces=results)
+
+
+def _batched(
+    state: AppState, times: StageTimes, image: UploadFile | None, top_k: int | None
+) -> RecognitionResult:
+    """Decode the upload here, then wait for its turn in a micro-batch (identify when top_k is given)."""
+    assert state.batcher is not None
+    with state.batcher.admitted(IMAGE_SLOT_WAIT_S):
+        with image_slot(state):
+            picture, _data = read_image(image, state, times)
+        return state.batcher.submit(RecognitionRequest(picture, top_k), times)
 
 
 def _largest_face_embedding(
@@ -107,7 +123,10 @@ def verify(
 def detect(
     state: State, times: Times, _: Identify, image: Annotated[UploadFile | None, File()] = None
 ) -> schemas.DetectResponse:
-    with image_slot(state):
-        picture, _data = read_image(image, state, times)
-        faces = detect_faces(state, picture, times)
+    if state.batcher is not None:
+        faces = _batched(state, times, image, None).faces
+    else:
+        with image_slot(state):
+            picture, _data = read_image(image, state, times)
+            faces = detect_faces(state, picture, times)
     return schemas.DetectResponse(faces=[detection_out(f) for f in faces])
