@@ -192,7 +192,7 @@ def _models_use(args: argparse.Namespace, settings: Settings) -> int:
             record(session, cli_principal(), MODEL_USE, "model", tag[:64], {"from": previous, "to": tag})
         session.commit()
         counts = repo.models_in_use(session)
-        stranded = integrity.identities_missing_model(session, model=tag) if len(counts) > 1 else []
+        stranded = integrity.identities_missing_model(session, model=tag)
     if previous == tag:
         print(f"{tag} was already the active embedder")
     else:

@@ -26,3 +26,20 @@ def test_the_command_line_starts_without_importing_torch() -> None:
     code = "import sys; from service.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("subcommand", ["prepare", "list", "use", "prune"])
+def test_each_models_subcommand_explains_itself(subcommand: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["models", subcommand, "--help"])
+    assert info.value.code == 0
+    assert f"usage: facebank models {subcommand}" in capsys.readouterr().out
+
+
+def test_models_prune_needs_a_model_tag_and_use_needs_a_name() -> None:
+    for argv in (["models", "prune"], ["models", "use"]):
+        with pytest.raises(SystemExit) as info:
+            build_parser().parse_args(argv)
+        assert info.value.code == 2
+    args = build_parser().parse_args(["models", "prune", "--model", "old@1", "--yes"])
+    assert (args.model, args.yes) == ("old@1", True)

@@ -1,0 +1,256 @@
+"""Switching the service between embedders, end to end on SQLite and PostgreSQL.
+
+Model A is the prepared MobileFaceNet; model B (`tests/_embedders.py`) is a registered trained model whose
+vectors are A's with every other sign flipped, so an A vector and a B vector of the same face score about 0:
+faces that were really re-embedded with B are found by B, and A's are not.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from service.active_model import EmbedderConflict, resolve_embedder
+from service.api import create_app
+from service.cli import main as facebank
+from service.config import Settings
+from service.storage import make_engine, make_session_factory, upgrade_to_head
+from service.storage import service_settings as choices
+from service.storage.tables import AuditEvent, Face
+from tests._embedders import FLIPPED, FLIPPED_TAG, add_flipped_embedder, copy_model_dir
+from tests.ingest.conftest import copy_lfw_gallery
+
+A_TAG = "mobilefacenet@1"
+
+
+@pytest.fixture(scope="module")
+def two_embedders(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared folder with MobileFaceNet (A) and the flipped trained model (B)."""
+    target = copy_model_dir(model_dir, tmp_path_factory.mktemp("two") / "models")
+    add_flipped_embedder(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three LFW people with one or two photos each; one more photo of each is kept apart as a probe."""
+    folder = copy_lfw_gallery(tmp_path_factory.mktemp("gallery") / "people", identities=3, per_identity=3)
+    first = sorted(p for p in folder.iterdir())[0]
+    probes = folder.parent / "probes"
+    probes.mkdir()
+    for person in folder.iterdir():
+        shutil.move(sorted(person.glob("*.jpg"))[-1], probes / f"{person.name}.jpg")
+    assert (probes / f"{first.name}.jpg").is_file()
+    return folder
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'facebank.db'}"
+    url: str = request.getfixturevalue("fresh_postgres_url")
+    return url
+
+
+@pytest.fixture
+def environment(
+    database_url: str, two_embedders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """The CLI's and the app's environment: this database and model folder, FACEBANK_EMBEDDER unset."""
+    monkeypatch.setenv("FACEBANK_DATABASE_URL", database_url)
+    monkeypatch.setenv("FACEBANK_MODEL_DIR", str(two_embedders))
+    monkeypatch.setenv("FACEBANK_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("FACEBANK_EMBEDDER", raising=False)
+    yield database_url
+
+
+def _faces_by_model(database_url: str) -> dict[str, int]:
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    try:
+        with make_session_factory(engine)() as session:
+            rows = session.execute(select(Face.model, func.count()).group_by(Face.model)).all()
+        return {model: int(count) for model, count in rows}
+    finally:
+        engine.dispose()
+
+
+def _identify(client: TestClient, photo: Path) -> str | None:
+    """The name of the identity found for the largest face of `photo`, or None."""
+    response = client.post("/v1/identify", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    faces = response.json()["faces"]
+    face = max(faces, key=lambda f: (f["bbox"][2] - f["bbox"][0]) * (f["bbox"][3] - f["bbox"][1]))
+    return face["identity"]["name"] if face["identity"] else None
+
+
+def test_switching_models_keeps_them_apart_until_re_ingested_then_prunes_the_old_one(
+    environment: str, gallery: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database_url = environment
+    person = sorted(p.name for p in gallery.iterdir())[0]
+    probe = gallery.parent / "probes" / f"{person}.jpg"
+    n = len(list(gallery.rglob("*.jpg")))
+    assert n >= 3
+
+    # 1. Enroll with A: a fresh database records the default embedder on the first ingest.
+    assert facebank(["ingest", str(gallery)]) == 0
+    assert _faces_by_model(database_url) == {A_TAG: n}
+    with TestClient(create_app(Settings())) as client:
+        assert client.app.state.facebank.embedder_tag == A_TAG  # type: ignore[attr-defined]
+        assert _identify(client, probe) == person
+    capsys.readouterr()
+
+    # 2. Switch to B: checked, recorded, and the way forward printed.
+    assert facebank(["models", "use", FLIPPED]) == 0
+    out = capsys.readouterr().out
+    assert f"active embedder: {FLIPPED_TAG} (was {A_TAG})" in out
+    assert f"{n} stored faces belong to other models ({n} of {A_TAG})" in out
+    assert "3 identities cannot be found until re-enrolled" in out
+    assert "facebank ingest FOLDER" in out and f"facebank models prune --model {A_TAG}" in out
+
+    # 3. A server started now runs B; A's faces stay out of its index and are counted, not searched.
+    with TestClient(create_app(Settings())) as client:
+        state = client.app.state.facebank  # type: ignore[attr-defined]
+        assert state.embedder_tag == FLIPPED_TAG and len(state.gallery.index) == 0
+        assert _identify(client, probe) is None
+        ready = client.get("/readyz").json()
+        assert ready["status"] == "ready"
+        assert ready["checks"]["other_model_faces"] == n and ready["checks"]["faces"] == 0
+        assert client.get("/v1/admin/index").json()["other_models"] == {A_TAG: n}
+
+    # 4. The doctor flags A's faces and says what to do.
+    assert facebank(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"active embedder {FLIPPED_TAG} (128 dimensions; recorded in the database)" in out
+    assert f"faces of other models, invisible to search: {n} of {A_TAG}" in out
+    assert f"`facebank models prune --model {A_TAG}`" in out
+
+    # 5. Ingesting the same folder again enrolls every photo anew with B (nothing is skipped as "already in").
+    assert facebank(["ingest", str(gallery)]) == 0
+    assert f"ingested {n}; skipped 0" in capsys.readouterr().err
+    assert _faces_by_model(database_url) == {A_TAG: n, FLIPPED_TAG: n}
+    with TestClient(create_app(Settings())) as client:
+        assert len(client.app.state.facebank.gallery.index) == n  # type: ignore[attr-defined]
+        assert _identify(client, probe) == person  # B's vectors really are B's: found by a B query
+
+    # 6. Prune: never the active model; asks first; then A's rows are gone and the deletion is audited.
+    assert facebank(["models", "prune", "--model", FLIPPED_TAG, "--yes"]) == 1
+    assert "is the active embedder" in capsys.readouterr().err
+    assert facebank(["models", "prune", "--model", A_TAG]) == 1  # no terminal to answer: nothing deleted
+    assert _faces_by_model(database_url) == {A_TAG: n, FLIPPED_TAG: n}
+    assert facebank(["models", "prune", "--model", A_TAG, "--yes"]) == 0
+    assert f"deleted {n} faces of {A_TAG}" in capsys.readouterr().out
+    assert _faces_by_model(database_url) == {FLIPPED_TAG: n}
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    with make_session_factory(engine)() as session:
+        actions = list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
+        pruned = session.scalars(select(AuditEvent).where(AuditEvent.action == "model.prune")).one()
+    engine.dispose()
+    assert actions.count("face.delete") == n and actions.count("model.use") == 1
+    assert pruned.target_id == A_TAG and pruned.detail == {
+        "faces": n,
+        "identities_left_without_faces": 0,
+        "active": FLIPPED_TAG,
+    }
+    assert facebank(["models", "prune", "--model", A_TAG, "--yes"]) == 0  # again: nothing left to do
+    assert "no faces of" in capsys.readouterr().out
+    assert facebank(["doctor"]) == 0
+
+    # 7. `models list` marks B active and counts its faces.
+    assert facebank(["models", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert f"database: active embedder {FLIPPED_TAG}" in listing
+    (line,) = [row for row in listing.splitlines() if row[2:].startswith(f"{FLIPPED_TAG} ")]
+    assert line.startswith("*") and "trained" in line and f"{n} faces" in line
+    (line,) = [row for row in listing.splitlines() if row[2:].startswith(f"{A_TAG} ")]
+    assert line.startswith(" ") and "0 faces" in line
+
+
+def test_an_explicit_conflicting_embedder_refuses_to_start_naming_both_and_the_fix(
+    environment: str, gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    database_url = environment
+    upgrade_to_head(database_url)
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    with make_session_factory(engine)() as session:
+        choices.set_active_embedder(session, tag=FLIPPED_TAG)
+        session.commit()
+    engine.dispose()
+
+    # Unset: the database's choice wins.
+    with TestClient(create_app(Settings())) as client:
+        assert client.app.state.facebank.embedder_tag == FLIPPED_TAG  # type: ignore[attr-defined]
+
+    # Set explicitly to something else: the app, `serve`, `ingest` and the doctor all refuse, saying why.
+    monkeypatch.setenv("FACEBANK_EMBEDDER", "mobilefacenet")
+    with pytest.raises(EmbedderConflict) as refused, TestClient(create_app(Settings())):
+        pass
+    message = str(refused.value)
+    assert f"FACEBANK_EMBEDDER=mobilefacenet ({A_TAG})" in message and FLIPPED_TAG in message
+    assert "`facebank models use mobilefacenet`" in message
+    assert facebank(["serve"]) == 2
+    assert "refusing to serve: FACEBANK_EMBEDDER=mobilefacenet" in capsys.readouterr().err
+    assert facebank(["ingest", str(gallery)]) == 1
+    assert _faces_by_model(database_url) == {}
+    assert facebank(["doctor"]) == 1
+    assert "FACEBANK_EMBEDDER=mobilefacenet disagrees with it" in capsys.readouterr().out
+
+    # Set explicitly to the database's choice: fine.
+    monkeypatch.setenv("FACEBANK_EMBEDDER", FLIPPED)
+    with TestClient(create_app(Settings())) as client:
+        assert client.app.state.facebank.embedder_tag == FLIPPED_TAG  # type: ignore[attr-defined]
+
+
+def test_a_fresh_database_is_seeded_by_the_configured_embedder_once(
+    environment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database_url = environment
+    monkeypatch.setenv("FACEBANK_EMBEDDER", FLIPPED)
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    upgrade_to_head(engine)
+    sessions = make_session_factory(engine)
+    assert resolve_embedder(Settings(), sessions).embedder == FLIPPED
+    monkeypatch.delenv("FACEBANK_EMBEDDER")
+    # The default (mobilefacenet) no longer decides: the database's first choice stays.
+    assert resolve_embedder(Settings(), sessions).embedder == FLIPPED
+    with sessions() as session:
+        assert choices.active_embedder(session) == FLIPPED_TAG
+    engine.dispose()
+
+
+def test_models_use_refuses_what_is_not_a_usable_prepared_embedder(
+    environment: str, two_embedders: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert facebank(["models", "use", "arcface"]) == 1
+    assert "no model 'arcface'" in capsys.readouterr().err
+    assert facebank(["models", "use", "retinaface-mnet025"]) == 1
+    assert "is not an embedder" in capsys.readouterr().err
+    tampered = copy_model_dir(two_embedders, tmp_path / "tampered")
+    onnx = tampered / f"{FLIPPED}.onnx"
+    onnx.write_bytes(onnx.read_bytes()[:-1] + b"\0")
+    assert facebank(["models", "use", FLIPPED, "--model-dir", str(tampered)]) == 1
+    assert "does not match its manifest sha256" in capsys.readouterr().err
+    upgrade_to_head(environment)
+    engine = make_engine(environment, pool_size=1, max_overflow=0)
+    with make_session_factory(engine)() as session:
+        assert choices.active_embedder(session) is None  # nothing was recorded
+    engine.dispose()
+
+
+def test_a_running_server_stops_being_ready_when_another_model_is_made_active(
+    environment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with TestClient(create_app(Settings())) as client:
+        assert client.get("/readyz").status_code == 200
+        assert facebank(["models", "use", FLIPPED]) == 0
+        assert "restart them" in capsys.readouterr().out
+        response = client.get("/readyz")
+        # It still runs A, so a balancer should stop sending it work until it is restarted on B.
+        assert response.status_code == 503
+        assert response.json()["checks"]["embedder"] == A_TAG
+        assert response.json()["checks"]["embedder_active"] is False
