@@ -1,9 +1,11 @@
-"""Sections `embedder` (faces/s at batch 1, 64, 1024) and `detector` (images/s on 640×480 photos)."""
+"""Sections `embedder` (faces/s at batch 1, 64, 1024; with `--device cuda` also the fp16 export) and
+`detector` (images/s on 640×480 photos)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -40,21 +42,40 @@ def _upstream_batch1(ctx: Context) -> Comparison:
     return Comparison(label, 1.0 / p50(times), "faces/s")
 
 
+def _fp16_session(ctx: Context) -> tuple[Any, str]:
+    """The fp16 embedder's session (IO-bound on CUDA), or None and why it is not measured."""
+    from models.manifest import load_manifest
+    from service.runtime.sessions import ProviderError, create_session, embedder_onnx_file, runner_for
+
+    model_dir = ctx.settings.model_dir
+    entry = load_manifest(model_dir / "manifest.toml").get(ctx.settings.embedder)
+    try:
+        name = embedder_onnx_file(entry.onnx_file, precision="fp16", device=ctx.device)
+    except ProviderError as exc:
+        return None, str(exc)
+    path = model_dir / name
+    if not path.is_file():
+        return None, f"{path} not found; write it with `python -m models.export.fp16 --model-dir {model_dir}`"
+    return runner_for(create_session(path, device=ctx.device, threads=ctx.settings.intra_op_threads)), ""
+
+
 def run_embedder(ctx: Context) -> None:
     from service.pipeline import Embedder
+    from service.runtime.sessions import runner_for
 
     ctx.log("embedder: upstream batch-1 baseline")
     baseline = _upstream_batch1(ctx)
     models = ctx.models
     service_embedder = ctx.pipeline.embedder
     sizes = (1, 64) if ctx.quick else (1, 64, 1024)
+    # the service's session through IO binding on CUDA, as the fp16 one below runs
+    fp32_session = runner_for(models.embedder_session)
     for batch in sizes:
         ctx.log(f"embedder: batch {batch}")
         crops = ctx.crops(batch)
         # Exactly `batch` faces per onnxruntime call (the service's Embedder chunks at config.max_batch).
-        exact = Embedder(models.embedder_session, replace(models.embedder_config, max_batch=batch))
-        calls = {1: 30, 64: 3}.get(batch, 2) if ctx.quick else {1: 300, 64: 20}.get(batch, 4)
-        times = samples(partial(exact.embed, crops), repeat=calls, warmup=1, budget_s=30)
+        exact = Embedder(fp32_session, replace(models.embedder_config, max_batch=batch))
+        times = samples(partial(exact.embed, crops), repeat=_calls(ctx, batch), warmup=1, budget_s=30)
         also = []
         if batch > service_embedder.config.max_batch:
             chunked = samples(partial(service_embedder.embed, crops), repeat=2, warmup=0)
@@ -78,6 +99,43 @@ def run_embedder(ctx: Context) -> None:
                 note=f"p50 of {len(times)} calls; preprocess, onnxruntime, L2-normalise aligned crops",
             )
         )
+
+    if ctx.device != "cuda":
+        ctx.log("embedder: fp16 skipped: the fp16 export runs only on the CUDA provider (use --device cuda)")
+        return
+    fp16_session, why = _fp16_session(ctx)
+    if fp16_session is None:
+        ctx.log(f"embedder: fp16 not measured: {why}")
+        return
+    for batch in sizes:
+        ctx.log(f"embedder fp16: batch {batch}")
+        _add_precision_figure(
+            ctx, Embedder(fp16_session, replace(models.embedder_config, max_batch=batch)), "fp16", batch
+        )
+
+
+def _calls(ctx: Context, batch: int) -> int:
+    return {1: 30, 64: 3}.get(batch, 2) if ctx.quick else {1: 300, 64: 20}.get(batch, 4)
+
+
+def _add_precision_figure(ctx: Context, embedder: Any, precision: str, batch: int) -> None:
+    """faces/s of ``embedder`` at exactly ``batch`` faces per call, read against the fp32 figure."""
+    crops = ctx.crops(batch)
+    times = samples(partial(embedder.embed, crops), repeat=_calls(ctx, batch), warmup=1, budget_s=30)
+    fp32 = ctx.report.figure(f"embedder.batch{batch}.faces_per_s")
+    label = f"{ctx.models.embedder_tag} fp32, same run"
+    ctx.add(
+        Figure(
+            id=f"embedder.{precision}.batch{batch}.faces_per_s",
+            section="embedder",
+            label=f"{ctx.models.embedder_tag} {precision} export faces/s at batch {batch} ({ctx.device})",
+            value=batch / p50(times),
+            unit="faces/s",
+            better="higher",
+            baseline=Comparison(label, fp32.value if fp32 else None, "faces/s"),
+            note=f"p50 of {len(times)} calls; IO binding; fp32 in and out, L2-normalised in fp32",
+        )
+    )
 
 
 def run_detector(ctx: Context) -> None:
