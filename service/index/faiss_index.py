@@ -49,12 +49,18 @@ def as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
 def last_occurrences(ids: np.ndarray) -> np.ndarray | None:
     """Positions that keep only the last of each repeated id, in order; None when ids are all distinct.
 
-    Why: within one `add`, a later vector for an id replaces an earlier one, as across calls.
+    Why: within one `add`, a later vector for an id replaces an earlier one, as across calls. Sorting, not
+    `np.unique` (hash-based in NumPy 2.4: about 1 s for 1M ids here, against 10 ms for a sort).
     """
-    distinct, first_from_end = np.unique(ids[::-1], return_index=True)
-    if len(distinct) == len(ids):
+    if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):  # rebuilds add increasing keys
         return None
-    return np.sort(len(ids) - 1 - first_from_end)
+    order = np.argsort(ids, kind="stable")
+    ranked = ids[order]
+    is_last = np.ones(len(ids), dtype=bool)
+    is_last[:-1] = ranked[1:] != ranked[:-1]
+    if is_last.all():
+        return None
+    return np.sort(order[is_last])
 
 
 class FaissFlatIndex:
