@@ -168,14 +168,11 @@ def _embedder_conflict(settings: Settings) -> str | None:
     return None
 
 
-MODEL_USE, MODEL_PRUNE = "model.use", "model.prune"
-
-
 def _models_use(args: argparse.Namespace, settings: Settings) -> int:
     """Check NAME is a usable prepared embedder, record it as active, and say what happens to other faces."""
     from service.active_model import EmbedderChoiceError, ModelLoadError, embedder_set_explicitly
     from service.runtime.models import verify_embedder
-    from service.security import cli_principal, record
+    from service.security import Actions, cli_principal, record
     from service.storage import integrity, service_settings
     from service.storage import repository as repo
 
@@ -189,7 +186,8 @@ def _models_use(args: argparse.Namespace, settings: Settings) -> int:
     with _database(settings) as session:
         previous = service_settings.set_active_embedder(session, tag=tag)
         if previous != tag:
-            record(session, cli_principal(), MODEL_USE, "model", tag[:64], {"from": previous, "to": tag})
+            detail = {"from": previous, "to": tag}
+            record(session, cli_principal(), Actions.MODEL_USE, "model", tag[:64], detail)
         session.commit()
         counts = repo.models_in_use(session)
         stranded = integrity.identities_missing_model(session, model=tag)
@@ -222,7 +220,7 @@ def _models_use(args: argparse.Namespace, settings: Settings) -> int:
 def _models_prune(args: argparse.Namespace, settings: Settings) -> int:
     """Delete the faces of one embedding model other than the active one (after a confirmation)."""
     from service.active_model import ModelLoadError, recorded_embedder
-    from service.security import cli_principal, record
+    from service.security import Actions, cli_principal, record
     from service.storage import integrity
     from service.storage import repository as repo
 
@@ -259,7 +257,7 @@ def _models_prune(args: argparse.Namespace, settings: Settings) -> int:
         removed = integrity.delete_faces(session, keys=keys)
         _audit_deletions(session, actor, removed, reason=f"models prune: {model}"[:200])
         detail = {"faces": len(removed), "identities_left_without_faces": len(emptied), "active": active}
-        record(session, actor, MODEL_PRUNE, "model", model[:64], detail)
+        record(session, actor, Actions.MODEL_PRUNE, "model", model[:64], detail)
         session.commit()
     print(f"deleted {len(removed)} faces of {model} (not in any index: nothing to rebuild)")
     return 0

@@ -254,3 +254,21 @@ def test_a_running_server_stops_being_ready_when_another_model_is_made_active(
         assert response.status_code == 503
         assert response.json()["checks"]["embedder"] == A_TAG
         assert response.json()["checks"]["embedder_active"] is False
+
+
+def test_a_server_left_on_the_old_model_refuses_to_enroll_after_a_switch(
+    environment: str, gallery: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = sorted(next(iter(sorted(gallery.iterdir()))).glob("*.jpg"))[0]
+    with TestClient(create_app(Settings())) as client:
+        identity = client.post("/v1/identities", json={"name": "Before Switch"}).json()["id"]
+        enroll = {"image": (photo.name, photo.read_bytes(), "image/jpeg")}
+        assert client.post(f"/v1/identities/{identity}/faces", files=enroll).status_code == 201
+        assert facebank(["models", "use", FLIPPED]) == 0
+        capsys.readouterr()
+        response = client.post(f"/v1/identities/{identity}/faces", files=enroll)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "embedder_switched"
+        assert FLIPPED_TAG in response.json()["error"]["message"]
+    # The refused photo left nothing behind: one face, stored under A.
+    assert _faces_by_model(environment) == {A_TAG: 1}

@@ -25,6 +25,8 @@ class Actions:
     KEY_CREATE = "key.create"
     KEY_REVOKE = "key.revoke"
     INDEX_REBUILD = "index.rebuild"
+    MODEL_USE = "model.use"
+    MODEL_PRUNE = "model.prune"
 
 
 def record(

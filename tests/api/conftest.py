@@ -17,7 +17,7 @@ from service.config import Settings
 from tests._db import PostgresUnavailable, postgres_database
 
 # Every table the app writes, children first, to empty a shared PostgreSQL database between modules.
-APP_TABLES = ("audit_events", "api_keys", "faces", "identities")
+APP_TABLES = ("audit_events", "api_keys", "faces", "identities", "service_settings")
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from service.api.deps import DB, State, Times, detect_faces, image_slot, read_im
 from service.api.errors import APIError, not_found
 from service.security import Actions, record
 from service.storage import repository as repo
+from service.storage import service_settings
 
 router = APIRouter(prefix="/v1/identities", tags=["identities"])
 
@@ -137,6 +138,15 @@ def enroll_face(
         (embedded,) = state.pipeline.embed_faces(picture, [largest], times)
     try:
         with times.stage("store"):
+            active = service_settings.active_embedder(db)
+            if active not in (None, state.embedder_tag):
+                # After `facebank models use`, a server not yet restarted would store faces nobody searches.
+                raise APIError(
+                    503,
+                    "embedder_switched",
+                    f"the active embedder is now {active} but this server runs {state.embedder_tag}; "
+                    "restart it to enroll",
+                )
             face = repo.add_face(
                 db,
                 identity_id=identity_id,
