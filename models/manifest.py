@@ -89,6 +89,8 @@ class ModelEntry:
 
     Upstream entries: ``source_*`` set; ``onnx_sha256`` and ``export_version`` only in prepared copies.
     Trained entries: ``onnx_sha256``, ``base_model`` and ``trained_by`` set, ``source_url`` never.
+    Embedders may carry ``fp16_onnx_sha256``: the hash of their half-precision export
+    (``<onnx_file stem>.fp16.onnx``), which ``FACEBANK_EMBEDDER_PRECISION=fp16`` loads.
     """
 
     name: str
@@ -109,6 +111,7 @@ class ModelEntry:
     origin: Origin = "upstream"
     base_model: str | None = None
     trained_by: str | None = None
+    fp16_onnx_sha256: str | None = None
 
     @property
     def tag(self) -> str:
@@ -120,9 +123,16 @@ class ModelEntry:
         """Made by ``facebank train`` here: its ONNX file is the artefact, there is nothing to download."""
         return self.origin == "trained"
 
-    def prepared(self, *, onnx_sha256: str, export_version: str) -> ModelEntry:
-        """A copy carrying the hash of its exported ONNX file and the export code version that made it."""
-        return replace(self, onnx_sha256=onnx_sha256, export_version=export_version)
+    def prepared(
+        self, *, onnx_sha256: str, export_version: str, fp16_onnx_sha256: str | None = None
+    ) -> ModelEntry:
+        """A copy carrying the hash of its exported ONNX file (and of its fp16 export, for an embedder that
+        has one) and the export code version that made them."""
+        if fp16_onnx_sha256 is not None and self.kind != "embedder":
+            raise ManifestError(f"models.{self.name}.fp16_onnx_sha256: only embedders have an fp16 export")
+        return replace(
+            self, onnx_sha256=onnx_sha256, export_version=export_version, fp16_onnx_sha256=fp16_onnx_sha256
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +232,8 @@ def _entry(name: str, table: Any) -> ModelEntry:
     _no_unknown_keys(table, _ENTRY_KEYS | {kind}, where)
     if other in table:
         raise ManifestError(f"{where}.{other}: a {kind} has no [{where}.{other}] table")
+    if kind == "detector" and "fp16_onnx_sha256" in table:
+        raise ManifestError(f"{where}.fp16_onnx_sha256: only embedders have an fp16 export")
     origin = fields.choice("origin", ("upstream", "trained")) if "origin" in table else "upstream"
     if origin == "trained":
         missing = [key for key in ("onnx_sha256", "base_model", "trained_by") if key not in table]
@@ -248,6 +260,7 @@ def _entry(name: str, table: Any) -> ModelEntry:
         origin=origin,  # type: ignore[arg-type]
         base_model=fields.tag("base_model") if origin == "trained" else None,
         trained_by=fields.text("trained_by") if origin == "trained" else None,
+        fp16_onnx_sha256=fields.optional_sha256("fp16_onnx_sha256"),
     )
     spec_table = fields.table(kind)
     if kind == "detector":
@@ -292,6 +305,7 @@ _ENTRY_KEYS = {
     "card",
     "preprocess",
     "onnx_sha256",
+    "fp16_onnx_sha256",
     "export_version",
 }
 
@@ -522,6 +536,7 @@ def dumps_manifest(manifest: Manifest, *, header: str | None = None) -> str:
             "base_model": entry.base_model,
             "trained_by": entry.trained_by,
             "onnx_sha256": entry.onnx_sha256,
+            "fp16_onnx_sha256": entry.fp16_onnx_sha256,
             "export_version": entry.export_version,
         }
         lines += _table(where, top)

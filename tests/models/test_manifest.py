@@ -264,3 +264,68 @@ def test_a_trained_entry_round_trips_through_write_manifest(project: Manifest, t
     table = tomllib.loads((tmp_path / "manifest.toml").read_text(encoding="utf-8"))["models"]
     assert table[TRAINED]["origin"] == "trained" and "source_url" not in table[TRAINED]
     assert "origin" not in table["mobilefacenet"]  # upstream stays the implicit default
+
+
+# ------------------------------------------------------------------------------ fp16 export of an embedder
+
+SHA_B = "b" * 64
+
+
+def test_an_embedders_fp16_hash_round_trips_through_write_manifest(project: Manifest, tmp_path: Path) -> None:
+    detector, embedder = project.get("retinaface-mnet025"), project.get("mobilefacenet")
+    prepared = Manifest(
+        models=(
+            detector.prepared(onnx_sha256=SHA_A, export_version="1"),
+            embedder.prepared(onnx_sha256=SHA_A, export_version="1", fp16_onnx_sha256=SHA_B),
+        )
+    )
+    path = write_manifest(prepared, tmp_path / "manifest.toml")
+    again = load_manifest(path)
+    assert again.models == prepared.models
+    assert again.get("mobilefacenet").fp16_onnx_sha256 == SHA_B
+    assert again.get("retinaface-mnet025").fp16_onnx_sha256 is None
+    table = tomllib.loads(path.read_text(encoding="utf-8"))["models"]
+    assert table["mobilefacenet"]["fp16_onnx_sha256"] == SHA_B
+    assert "fp16_onnx_sha256" not in table["retinaface-mnet025"]
+
+
+def test_preparing_again_without_an_fp16_export_drops_the_old_fp16_hash(project: Manifest) -> None:
+    with_fp16 = project.get("mobilefacenet").prepared(
+        onnx_sha256=SHA_A, export_version="1", fp16_onnx_sha256=SHA_B
+    )
+    assert with_fp16.prepared(onnx_sha256=SHA_A, export_version="1").fp16_onnx_sha256 is None
+
+
+def test_a_detector_has_no_fp16_export(project: Manifest, tmp_path: Path) -> None:
+    detector = project.get("retinaface-mnet025")
+    with pytest.raises(ManifestError, match=r"retinaface-mnet025\.fp16_onnx_sha256: only embedders"):
+        detector.prepared(onnx_sha256=SHA_A, export_version="1", fp16_onnx_sha256=SHA_B)
+    path = _rewrite(
+        tmp_path,
+        'onnx_file = "retinaface-mnet025.onnx"',
+        f'onnx_file = "retinaface-mnet025.onnx"\nfp16_onnx_sha256 = "{SHA_B}"',
+    )
+    with pytest.raises(ManifestError, match=r"models\.retinaface-mnet025\.fp16_onnx_sha256: only embedders"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('fp16_onnx_sha256 = "72fe"', "models.mobilefacenet.fp16_onnx_sha256: expected 64 lower-case hex"),
+        (f'fp16_onnx_sha256 = "{SHA_B.upper()}"', "models.mobilefacenet.fp16_onnx_sha256: expected 64"),
+        (f'fp16_sha256 = "{SHA_B}"', "models.mobilefacenet.fp16_sha256: unknown field"),
+    ],
+)
+def test_a_bad_fp16_hash_is_refused_naming_the_field(tmp_path: Path, line: str, message: str) -> None:
+    onnx_line = 'onnx_file = "mobilefacenet.onnx"'
+    path = _rewrite(tmp_path, onnx_line, f"{onnx_line}\n{line}")
+    with pytest.raises(ManifestError) as excinfo:
+        load_manifest(path)
+    assert message in str(excinfo.value)
+
+
+def test_a_prepared_embedder_reads_its_fp16_hash(tmp_path: Path) -> None:
+    onnx_line = 'onnx_file = "mobilefacenet.onnx"'
+    path = _rewrite(tmp_path, onnx_line, f'{onnx_line}\nfp16_onnx_sha256 = "{SHA_B}"')
+    assert load_manifest(path).get("mobilefacenet").fp16_onnx_sha256 == SHA_B
