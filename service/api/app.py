@@ -98,7 +98,8 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
         try:
             yield
         finally:
-            state.engine.dispose()
+            # Refuses new batched requests and lets queued ones finish before the engine goes.
+            state.close()
 
     app = FastAPI(
         title="facebank",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.api.errors import APIError
+from service.api.errors import APIError, too_many_faces
 from service.gallery import Gallery
 from service.pipeline import FacePipeline, StageTimes
 from service.pipeline.batching import BatcherClosed, BatchFailed, BatchStats, MicroBatcher
@@ -34,12 +34,6 @@ class RecognitionResult:
     faces: list[DetectedFace]
     embedded: list[EmbeddedFace]  # empty for detect-only requests
     matches: list[list[Match]]  # per embedded face, at most top_k
-
-
-def too_many_faces(limit: int, field: str = "image") -> APIError:
-    return APIError(
-        422, "too_many_faces", f"{field} has more than {limit} faces; the limit is {limit} per photo"
-    )
 
 
 class RecognitionBatcher:

@@ -10,7 +10,7 @@ from fastapi import Depends, Request, UploadFile
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from service.api.errors import APIError
+from service.api.errors import APIError, too_many_faces
 from service.api.state import AppState
 from service.pipeline import ImageDecodeError, StageTimes, decode_image
 from service.schemas import DetectedFace
@@ -81,7 +81,5 @@ def detect_faces(
     limit = state.settings.max_faces
     # The pipeline is built to keep one face more than the limit, so "more than the limit" is visible here.
     if len(faces) > limit:
-        raise APIError(
-            422, "too_many_faces", f"{field} has more than {limit} faces; the limit is {limit} per photo"
-        )
+        raise too_many_faces(limit, field)
     return faces

@@ -24,6 +24,12 @@ class APIError(Exception):
         self.headers = headers
 
 
+def too_many_faces(limit: int, field: str = "image") -> APIError:
+    return APIError(
+        422, "too_many_faces", f"{field} has more than {limit} faces; the limit is {limit} per photo"
+    )
+
+
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
     return {"error": {"code": code, "message": message}}
 
