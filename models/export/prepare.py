@@ -9,13 +9,17 @@ For each model of the project manifest (:data:`models.manifest.PROJECT_MANIFEST`
 3. export it to ``model_dir/<onnx_file>`` unless the prepared manifest already records an ONNX file made from
    the same source sha256 by the same export code version (:data:`models.export.EXPORT_VERSION`) and the
    file on disk still has the recorded hash;
-4. write ``model_dir/manifest.toml``: the project entries plus ``onnx_sha256`` and ``export_version``, and
-   copy the model cards next to it.
+4. for an embedder, write its half-precision export ``<stem>.fp16.onnx`` next to it
+   (:func:`models.export.fp16.export_fp16`, checked against the fp32 graph), again unless the recorded
+   ``fp16_onnx_sha256`` still matches the file and the fp32 file was not exported again;
+5. write ``model_dir/manifest.toml``: the project entries plus ``onnx_sha256``, ``fp16_onnx_sha256`` and
+   ``export_version``, and copy the model cards next to it.
 
 Trained models (``origin = "trained"``) have no upstream weights: their ONNX file is the artefact. One in the
 project manifest is taken from ``model_dir`` or ``source_dir`` when a file there matches its ``onnx_sha256``.
 One that ``facebank train --register`` added to ``model_dir/manifest.toml`` is kept in the rewritten manifest
 while its ONNX file is present and matches its sha256 (and dropped, with a message, when it is not).
+Trained models get no fp16 export here: ``python -m models.export.fp16 --embedder NAME`` writes one.
 
 torch is imported only when something has to be exported.
 
@@ -76,6 +80,10 @@ class ExportUnavailableError(PrepareError):
     """Exporting needs torch and onnx (the ``train`` extra), which are not installed."""
 
 
+class ExportFailedError(PrepareError):
+    """An export was written but failed its check (the fp16 graph's embeddings differ from the fp32 one's)."""
+
+
 def prepare_models(
     *,
     model_dir: Path,
@@ -108,24 +116,44 @@ def prepare_models(
                 progress(f"{entry.tag}: {entry.onnx_file} matches its onnx_sha256 (trained model)")
                 entries.append(trained)
             continue
-        current = _current_onnx_sha256(previous.get(entry.name), entry, model_dir)
+        old = previous.get(entry.name)
+        current = _current_onnx_sha256(old, entry, model_dir)
+        # The fp16 file is derived from the fp32 one: current only while that one is.
+        current_fp16 = _current_fp16_sha256(old, entry, model_dir) if current is not None else None
         if entry.name not in wanted:
             if current is not None:  # prepared earlier and still valid: keep it in the prepared manifest
-                entries.append(entry.prepared(onnx_sha256=current, export_version=EXPORT_VERSION))
+                entries.append(
+                    entry.prepared(
+                        onnx_sha256=current, export_version=EXPORT_VERSION, fp16_onnx_sha256=current_fp16
+                    )
+                )
             continue
         source = locate_source(
             entry, model_dir=model_dir, source_dir=source_dir, download=download, progress=progress
         )
         onnx_path = model_dir / entry.onnx_file
-        if current is not None:
+        embedder = entry.kind == "embedder"
+        if current is not None and (current_fp16 is not None or not embedder):
             pinned = (entry.source_sha256 or "")[:12]
-            progress(f"{entry.tag}: {onnx_path.name} is up to date (source sha256 {pinned})")
-            entries.append(entry.prepared(onnx_sha256=current, export_version=EXPORT_VERSION))
+            files = f"{onnx_path.name} and its fp16 export are" if embedder else f"{onnx_path.name} is"
+            progress(f"{entry.tag}: {files} up to date (source sha256 {pinned})")
+            entries.append(
+                entry.prepared(
+                    onnx_sha256=current, export_version=EXPORT_VERSION, fp16_onnx_sha256=current_fp16
+                )
+            )
             continue
-        started = time.perf_counter()
-        report = _export(entry, source, onnx_path)
-        progress(f"{entry.tag}: exported {onnx_path.name} in {time.perf_counter() - started:.1f}s; {report}")
-        entries.append(entry.prepared(onnx_sha256=sha256_file(onnx_path), export_version=EXPORT_VERSION))
+        if current is None:
+            started = time.perf_counter()
+            report = _export(entry, source, onnx_path)
+            seconds = time.perf_counter() - started
+            progress(f"{entry.tag}: exported {onnx_path.name} in {seconds:.1f}s; {report}")
+            current = sha256_file(onnx_path)
+        if embedder:
+            current_fp16 = _export_fp16(entry, onnx_path, progress)
+        entries.append(
+            entry.prepared(onnx_sha256=current, export_version=EXPORT_VERSION, fp16_onnx_sha256=current_fp16)
+        )
 
     registered = _registered_trained(previous, project, model_dir, progress)
     _copy_cards(entries, source_root=project.root, model_dir=model_dir)
@@ -270,6 +298,48 @@ def _current_onnx_sha256(old: ModelEntry | None, new: ModelEntry, model_dir: Pat
     if same_origin and onnx_path.is_file() and sha256_file(onnx_path) == old.onnx_sha256:
         return old.onnx_sha256
     return None
+
+
+def _current_fp16_sha256(old: ModelEntry | None, new: ModelEntry, model_dir: Path) -> str | None:
+    """The recorded fp16 hash if ``old`` has one and the fp16 file on disk still matches it, else None.
+    Call only when ``old``'s fp32 file is current (the fp16 file was made from it)."""
+    if old is None or old.fp16_onnx_sha256 is None or new.kind != "embedder":
+        return None
+    from service.runtime.sessions import fp16_onnx_file  # the service's naming rule; imports onnxruntime
+
+    fp16_path = model_dir / fp16_onnx_file(new.onnx_file)
+    if fp16_path.is_file() and sha256_file(fp16_path) == old.fp16_onnx_sha256:
+        return old.fp16_onnx_sha256
+    return None
+
+
+def _export_fp16(entry: ModelEntry, onnx_path: Path, progress: Progress) -> str:
+    """Write the embedder's fp16 export next to ``onnx_path`` and return its sha256.
+
+    The parity check runs on :func:`~models.export.fp16.export_fp16`'s default inputs (smooth noise): prepare
+    has no aligned faces at hand, and detecting and aligning some would cost more than the whole export.
+    Noise proves the graph converts, runs and does not overflow; docs/accuracy.md has the check on all LFW
+    faces, and ``python -m models.export.fp16 --faces-from LFW`` repeats it.
+    """
+    try:
+        from models.export import fp16
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in {"onnx", "onnxruntime", "packaging"}:
+            raise ExportUnavailableError(f"{TRAIN_EXTRA_HINT} (missing module {exc.name!r})") from exc
+        raise
+    fp16_path = onnx_path.with_name(fp16.fp16_onnx_file(onnx_path.name))
+    started = time.perf_counter()
+    try:
+        report = fp16.export_fp16(onnx_path, fp16_path)
+    except fp16.Fp16ParityError as exc:
+        raise ExportFailedError(f"{entry.tag}: {exc}") from exc
+    seconds = time.perf_counter() - started
+    progress(
+        f"{entry.tag}: exported {fp16_path.name} in {seconds:.1f}s, checked on smooth noise "
+        f"(no aligned faces at hand; `python -m models.export.fp16 --faces-from LFW` checks real ones); "
+        f"{report.summary()}"
+    )
+    return sha256_file(fp16_path)
 
 
 def _export(entry: ModelEntry, source: Path, onnx_path: Path) -> str:

@@ -66,7 +66,32 @@ def test_prepare_writes_onnx_files_and_a_manifest_with_their_hashes(prepared: Pr
         assert entry.export_version == EXPORT_VERSION
         assert entry.source_sha256 == project.get(entry.name).source_sha256
         assert (prepared.model_dir / entry.card).is_file()
-    assert sum("exported" in m for m in prepared.messages) == 2, prepared.messages
+    exported = [m.split(";")[0] for m in prepared.messages if "exported" in m]
+    assert exported == [
+        f"{DETECTOR}@1: exported {DETECTOR}.onnx in " + exported[0].split(" in ")[1],
+        f"{EMBEDDER}@1: exported {EMBEDDER}.onnx in " + exported[1].split(" in ")[1],
+        f"{EMBEDDER}@1: exported {EMBEDDER}.fp16.onnx in " + exported[2].split(" in ")[1],
+    ], prepared.messages
+
+
+@pytest.mark.shared
+def test_prepare_writes_the_embedders_fp16_export_and_records_its_hash(prepared: Prepared) -> None:
+    manifest = load_manifest(prepared.model_dir / "manifest.toml")
+    embedder, detector = manifest.get(EMBEDDER), manifest.get(DETECTOR)
+    fp16_path = prepared.model_dir / f"{EMBEDDER}.fp16.onnx"
+    assert embedder.fp16_onnx_sha256 == sha256_file(fp16_path)
+    assert embedder.fp16_onnx_sha256 != embedder.onnx_sha256
+    assert detector.fp16_onnx_sha256 is None
+    assert sorted(p.name for p in prepared.model_dir.glob("*.onnx")) == [
+        f"{EMBEDDER}.fp16.onnx",
+        f"{EMBEDDER}.onnx",
+        f"{DETECTOR}.onnx",
+    ]
+    # Half the bytes: the weights really are fp16 (the graph keeps fp32 inputs and outputs).
+    fp32_bytes = (prepared.model_dir / f"{EMBEDDER}.onnx").stat().st_size
+    assert 0.4 < fp16_path.stat().st_size / fp32_bytes < 0.6
+    (message,) = [m for m in prepared.messages if f"exported {EMBEDDER}.fp16.onnx" in m]
+    assert "checked on smooth noise" in message and "emulated fp16 min 0.99" in message
 
 
 @pytest.mark.shared
@@ -90,11 +115,13 @@ def test_second_run_skips_export(prepared: Prepared, tmp_path: Path, monkeypatch
         raise AssertionError("exported although the prepared ONNX was current")
 
     monkeypatch.setattr("models.export.prepare._export", no_export)
+    monkeypatch.setattr("models.export.prepare._export_fp16", no_export)
     messages: list[str] = []
     started = time.perf_counter()
     prepare_models(model_dir=model_dir, source_dir=SHARED_MODELS, progress=messages.append)
     assert time.perf_counter() - started < 2.0
     assert sum("up to date" in m for m in messages) == 2, messages
+    assert f"{EMBEDDER}.onnx and its fp16 export are up to date" in "\n".join(messages)
     assert {p.name: p.stat().st_mtime_ns for p in model_dir.glob("*.onnx")} == before
     assert (
         load_manifest(model_dir / "manifest.toml").models
@@ -113,6 +140,58 @@ def test_tampered_onnx_is_exported_again(prepared: Prepared, tmp_path: Path) -> 
     manifest = load_manifest(model_dir / "manifest.toml")
     assert manifest.get(DETECTOR).onnx_sha256 == sha256_file(onnx_path)
     assert manifest.get(EMBEDDER).onnx_sha256 is not None  # not asked for, still current: kept
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("damage", ["tampered", "deleted"])
+def test_a_damaged_fp16_file_is_exported_again_from_the_current_fp32_file(
+    prepared: Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    model_dir = _copy_prepared(prepared, tmp_path)
+    fp16_path = model_dir / f"{EMBEDDER}.fp16.onnx"
+    if damage == "tampered":
+        fp16_path.write_bytes(fp16_path.read_bytes() + b"\0")
+    else:
+        fp16_path.unlink()
+
+    def no_export(*args: object, **kwargs: object) -> str:
+        raise AssertionError("exported the fp32 file although it was current")
+
+    monkeypatch.setattr("models.export.prepare._export", no_export)
+    messages: list[str] = []
+    prepare_models(model_dir=model_dir, source_dir=SHARED_MODELS, progress=messages.append)
+    assert sum(f"exported {EMBEDDER}.fp16.onnx" in m for m in messages) == 1, messages
+    embedder = load_manifest(model_dir / "manifest.toml").get(EMBEDDER)
+    assert embedder.fp16_onnx_sha256 == sha256_file(fp16_path)
+    assert embedder == load_manifest(prepared.model_dir / "manifest.toml").get(EMBEDDER)  # same bytes again
+
+
+@pytest.mark.shared
+def test_an_embedder_not_asked_for_keeps_its_fp16_hash_only_while_the_file_matches(
+    prepared: Prepared, tmp_path: Path
+) -> None:
+    model_dir = _copy_prepared(prepared, tmp_path)
+    prepare_models(model_dir=model_dir, source_dir=SHARED_MODELS, names=[DETECTOR], progress=lambda _: None)
+    assert load_manifest(model_dir / "manifest.toml").get(EMBEDDER).fp16_onnx_sha256 is not None
+    fp16_path = model_dir / f"{EMBEDDER}.fp16.onnx"
+    fp16_path.write_bytes(fp16_path.read_bytes() + b"\0")
+    prepare_models(model_dir=model_dir, source_dir=SHARED_MODELS, names=[DETECTOR], progress=lambda _: None)
+    embedder = load_manifest(model_dir / "manifest.toml").get(EMBEDDER)
+    # fp32 still prepared; fp16 no longer vouched for, so loading it asks for `models prepare` again
+    assert embedder.onnx_sha256 is not None and embedder.fp16_onnx_sha256 is None
+
+
+@pytest.mark.shared
+def test_the_fp16_export_without_onnx_asks_for_the_train_extra(
+    prepared: Prepared, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = _copy_prepared(prepared, tmp_path)
+    (model_dir / f"{EMBEDDER}.fp16.onnx").unlink()
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ModuleNotFoundError
+    monkeypatch.delitem(sys.modules, "models.export.fp16", raising=False)
+    monkeypatch.delattr(models.export, "fp16", raising=False)
+    with pytest.raises(ExportUnavailableError, match=r"pip install 'facebank\[train\]'.*'onnx'"):
+        prepare_models(model_dir=model_dir, source_dir=SHARED_MODELS, progress=lambda _: None)
 
 
 @pytest.mark.shared
