@@ -16,6 +16,7 @@ def build_pipeline(
         embedder=settings.embedder,
         device=settings.device,
         threads=settings.intra_op_threads,
+        precision=settings.embedder_precision,
     )
     pipeline = FacePipeline(
         Detector(models.detector_session, models.detector_config),
