@@ -116,9 +116,7 @@ class Gallery:
 
     def identify(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
         """Top-k identities per query, each scored by its best face."""
-        ranked: list[list[tuple[uuid.UUID, float]]] = []
-        for query in np.asarray(embeddings, np.float32).reshape(-1, self.index.dim):
-            ranked.append(self._rank_identities(query, k))
+        ranked = self._rank_identities(np.asarray(embeddings, np.float32).reshape(-1, self.index.dim), k)
         wanted = {identity for row in ranked for identity, _ in row}
         if not wanted:
             return [[] for _ in ranked]
@@ -129,22 +127,30 @@ class Gallery:
             [Match(identity_id=i, name=names[i], score=s) for i, s in row if i in names][:k] for row in ranked
         ]
 
-    def _rank_identities(self, query: np.ndarray, k: int) -> list[tuple[uuid.UUID, float]]:
+    def _rank_identities(self, queries: np.ndarray, k: int) -> list[list[tuple[uuid.UUID, float]]]:
+        """All queries go to the index in one call (a micro-batch is one search); only the queries whose top
+        is crowded by many faces of one person are searched again, deeper."""
+        ranked: list[list[tuple[uuid.UUID, float]]] = [[] for _ in range(len(queries))]
         total = len(self.index)
+        pending = np.arange(len(queries))
         depth = min(total, max(4 * k, 32))
-        while depth > 0:
-            result = self.index.search(query[None, :], depth)
-            best: dict[uuid.UUID, float] = {}
+        while depth > 0 and len(pending):
+            result = self.index.search(queries[pending], depth)
+            deeper = []
             with self._lock:
-                for key, score in zip(result.ids[0].tolist(), result.scores[0].tolist(), strict=True):
-                    owner = self._owner.get(key)
-                    if owner is not None and owner not in best:
-                        best[owner] = float(score)
-            # Many faces of one person can crowd the top; search deeper until k people are found.
-            if len(best) >= k or depth >= total:
-                return sorted(best.items(), key=lambda item: -item[1])[:k]
+                for row, query_number in enumerate(pending.tolist()):
+                    best: dict[uuid.UUID, float] = {}
+                    for key, score in zip(result.ids[row].tolist(), result.scores[row].tolist(), strict=True):
+                        owner = self._owner.get(key)
+                        if owner is not None and owner not in best:
+                            best[owner] = float(score)
+                    if len(best) >= k or depth >= total:
+                        ranked[query_number] = sorted(best.items(), key=lambda item: -item[1])[:k]
+                    else:
+                        deeper.append(query_number)
+            pending = np.asarray(deeper, dtype=np.int64)
             depth = min(total, depth * 4)
-        return []
+        return ranked
 
     def audit(self, *, since_rebuild: bool = False) -> IndexAudit:
         """Compare the index with SQL; writers are held off meanwhile, so both are seen at one moment.

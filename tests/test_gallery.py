@@ -131,3 +131,51 @@ def test_an_empty_database_rebuilds_to_an_empty_index_in_step(sessions: sessionm
     assert gallery.rebuild() == 0
     audit = gallery.audit(since_rebuild=True)
     assert audit.in_step and audit.sql_faces == 0 and len(gallery.index) == 0
+
+
+def _store_vector(sessions: sessionmaker[Session], identity: uuid.UUID, vector: np.ndarray, tag: str) -> None:
+    with sessions() as session:
+        repo.add_face(
+            session,
+            identity_id=identity,
+            embedding=(vector / np.linalg.norm(vector)).astype(np.float32),
+            model=MODEL,
+            bbox=[0, 0, 1, 1],
+            det_score=1.0,
+            landmarks=None,
+            image_sha256=tag.rjust(64, "0"),
+        )
+        session.commit()
+
+
+def test_many_queries_go_to_the_index_together_and_only_crowded_ones_again_deeper(
+    sessions: sessionmaker[Session],
+) -> None:
+    rng = np.random.default_rng(7)
+    direction = _unit(1000)
+    crowd, runner_up = _person(sessions), _person(sessions)
+    # 40 faces of one person around `direction`: they fill the first 32 results of a query there.
+    for n in range(40):
+        _store_vector(sessions, crowd, direction + 0.01 * rng.normal(size=DIM), f"c{n}")
+    _store_vector(sessions, runner_up, direction + 0.3 * rng.normal(size=DIM), "r")
+    for n in range(10):
+        _store_vector(sessions, _person(sessions), rng.normal(size=DIM), f"o{n}")
+    gallery = Gallery(make_index(DIM), sessions, MODEL)
+    gallery.rebuild()
+    queries = np.stack([direction, _unit(2000), _unit(3000)])
+
+    one_by_one = [gallery.identify(query[None, :], k=2)[0] for query in queries]
+    calls: list[int] = []
+    search = gallery.index.search
+
+    def counting_search(batch: np.ndarray, k: int):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        return search(batch, k)
+
+    gallery.index.search = counting_search  # type: ignore[method-assign]
+    together = gallery.identify(queries, k=2)
+
+    assert together == one_by_one
+    assert [m.identity_id for m in together[0]] == [crowd, runner_up]
+    # All three at once, then only the crowded query deeper.
+    assert calls == [3, 1]

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from service import __version__
-from service.active_model import EmbedderChoiceError, resolve_embedder
+from service.active_model import resolve_embedder
 from service.api.auth import AuthMiddleware
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware
@@ -24,7 +24,7 @@ from service.config import Settings
 from service.gallery import Gallery
 from service.index import make_index
 from service.pipeline.factory import build_pipeline
-from service.runtime import LoadedModels, ModelLoadError
+from service.runtime import LoadedModels
 from service.security import NO_KEYS_HINT, is_loopback
 from service.storage import keys as key_repo
 from service.storage.engine import make_engine, make_session_factory
@@ -56,23 +56,25 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
                 )
     try:
         settings = resolve_embedder(settings, sessions, loaded_tag=models.embedder_tag if models else None)
-    except (EmbedderChoiceError, ModelLoadError):
+        # Why one face over the limit: the API must see that a photo has too many faces to refuse it.
+        pipeline, models = build_pipeline(
+            settings.model_copy(update={"max_faces": settings.max_faces + 1}), models
+        )
+        index = make_index(
+            models.embedder_config.dim,
+            device=settings.device,
+            search_threads=settings.search_threads,
+            fp16=settings.index_fp16,
+        )
+    except Exception:  # a wrong model, a missing GPU: nothing started, so nothing may stay open
         engine.dispose()
         raise
-    # Why one face over the limit: the API must see that a photo has too many faces to refuse it.
-    pipeline, models = build_pipeline(
-        settings.model_copy(update={"max_faces": settings.max_faces + 1}), models
-    )
-    gallery = Gallery(
-        make_index(
-            models.embedder_config.dim, device=settings.device, search_threads=settings.search_threads
-        ),
-        sessions,
-        models.embedder_tag,
-    )
+    gallery = Gallery(index, sessions, models.embedder_tag)
     gallery.rebuild()
-    audit = gallery.audit()
-    if not audit.in_step:  # only if another writer changed SQL during the rebuild; /readyz reports it too
+    # Checks the index against the keys the rebuild just read (a second full SQL read took 9.6 s at 1M
+    # faces); writes by other processes since then show in /readyz and `facebank doctor`.
+    audit = gallery.audit(since_rebuild=True)
+    if not audit.in_step:
         log.warning("index differs from SQL after the start-up rebuild: %s", audit)
     return AppState(
         settings=settings,
