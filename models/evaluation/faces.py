@@ -10,7 +10,8 @@ fallback crop.
 Cache: aligned crops and embeddings are stored in append-only ``.npz`` chunks keyed by the image's sha256,
 under folders named after everything that could change them — crops after the detector (tag and ONNX hash),
 the detection limits, the alignment template and the face choice; embeddings after the crop key plus the
-embedder (tag and ONNX hash). Evaluating a second embedder re-uses the crops and only re-embeds.
+embedder (tag and ONNX hash, and for the fp16 export its precision and file hash: fp16 shares fp32's tag).
+Evaluating a second embedder, or the same one in fp16, re-uses the crops and only re-embeds.
 
 Usage::
 
@@ -111,12 +112,19 @@ class CacheKeys:
             "choice": choice,
         }
         crops = f"{_safe(models.detector_tag)}-{_digest(crop_recipe)}"
-        embed_recipe = {
+        embed_recipe: dict[str, object] = {
             "crops": crops,
             "embedder": models.embedder_tag,
             "onnx": hashes.get(settings.embedder),
         }
-        embeddings = f"{_safe(models.embedder_tag)}-{_digest(embed_recipe)}"
+        name = _safe(models.embedder_tag)
+        # fp16 keeps the fp32 tag (the gallery mixes them), so only these keep its embeddings apart; fp32's
+        # recipe is left as it was so that existing caches stay valid.
+        if models.embedder_precision != "fp32":
+            embed_recipe["precision"] = models.embedder_precision
+            embed_recipe["fp16_onnx"] = models.embedder_onnx_sha256
+            name = f"{name}-{models.embedder_precision}"
+        embeddings = f"{name}-{_digest(embed_recipe)}"
         return cls(crops=crops, embeddings=embeddings, embedder_tag=models.embedder_tag)
 
 

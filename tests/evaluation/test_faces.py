@@ -1,9 +1,12 @@
-"""Face choice, the npz cache and embed_files' bookkeeping, on a stub pipeline (no models needed)."""
+"""Face choice, the npz cache and embed_files' bookkeeping, on a stub pipeline (no models needed); the
+cache keys of the real pipeline (prepared models)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,9 @@ import pytest
 from PIL import Image
 
 from models.evaluation.faces import ArrayCache, CacheKeys, FaceBatch, choose_face, embed_files
+from models.manifest import load_manifest
+from service.config import Settings
+from service.pipeline.factory import build_pipeline
 from service.schemas import DetectedFace
 
 
@@ -135,3 +141,32 @@ def test_a_new_embedder_key_reuses_the_crops_and_only_re_embeds(tmp_path: Path) 
     assert other.detections == 0
     assert other.embedder.calls == 2
     assert batch.crops is not None and batch.crops[1].mean() == 120
+
+
+def test_fp16_embeddings_are_cached_apart_from_fp32_ones_while_sharing_the_crops(model_dir: Path) -> None:
+    settings = Settings(model_dir=model_dir, device="cpu")
+    pipeline, models = build_pipeline(settings)
+    entry = load_manifest(model_dir / "manifest.toml").get(settings.embedder)
+    assert entry.fp16_onnx_sha256 is not None
+    fp32 = CacheKeys.for_pipeline(settings, models, pipeline, "central")
+    # What load_models returns for fp16 on a CUDA machine (here it refuses fp16 at start).
+    fp16_models = replace(models, embedder_precision="fp16", embedder_onnx_sha256=entry.fp16_onnx_sha256)
+    fp16_settings = settings.model_copy(update={"embedder_precision": "fp16"})
+    fp16 = CacheKeys.for_pipeline(fp16_settings, fp16_models, pipeline, "central")
+    assert fp16.crops == fp32.crops  # same detector and alignment: only the embedding differs
+    assert fp16.embeddings != fp32.embeddings
+    assert fp16.embeddings.startswith("mobilefacenet_1-fp16-") and fp16.embedder_tag == fp32.embedder_tag
+    # Another fp16 file (a new export) is another cache.
+    other_file = replace(fp16_models, embedder_onnx_sha256="0" * 64)
+    other = CacheKeys.for_pipeline(fp16_settings, other_file, pipeline, "central")
+    assert other.embeddings != fp16.embeddings
+
+
+def test_the_fp32_embedding_key_is_the_one_caches_were_written_under(model_dir: Path) -> None:
+    settings = Settings(model_dir=model_dir, device="cpu")
+    pipeline, models = build_pipeline(settings)
+    keys = CacheKeys.for_pipeline(settings, models, pipeline, "central")
+    onnx_sha256 = load_manifest(model_dir / "manifest.toml").get(settings.embedder).onnx_sha256
+    recipe = {"crops": keys.crops, "embedder": "mobilefacenet@1", "onnx": onnx_sha256}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    assert keys.embeddings == f"mobilefacenet_1-{digest}"
