@@ -46,6 +46,19 @@ def as_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
     return vectors
 
 
+def checked_batch(ids: np.ndarray, vectors: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """`add`'s arguments as contiguous arrays, each id once (its last vector); None for an empty batch."""
+    ids, vectors = as_ids(ids), as_vectors(vectors, dim)
+    if len(ids) != len(vectors):
+        raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+    if len(ids) == 0:
+        return None
+    keep = last_occurrences(ids)
+    if keep is not None:
+        ids, vectors = ids[keep], np.ascontiguousarray(vectors[keep])
+    return ids, vectors
+
+
 def last_occurrences(ids: np.ndarray) -> np.ndarray | None:
     """Positions that keep only the last of each repeated id, in order; None when ids are all distinct.
 
@@ -81,14 +94,10 @@ class FaissFlatIndex:
         return int(self._index.ntotal)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids, vectors = as_ids(ids), as_vectors(vectors, self.dim)
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
-        if len(ids) == 0:
+        batch = checked_batch(ids, vectors, self.dim)
+        if batch is None:
             return
-        keep = last_occurrences(ids)
-        if keep is not None:
-            ids, vectors = ids[keep], np.ascontiguousarray(vectors[keep])
+        ids, vectors = batch
         with self._lock:
             if self._max_id is not None and int(ids.min()) <= self._max_id:
                 self._index.remove_ids(faiss.IDSelectorBatch(ids))

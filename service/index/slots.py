@@ -27,7 +27,7 @@ from service.index.faiss_index import (
     as_ids,
     as_vectors,
     blocked_search_from,
-    last_occurrences,
+    checked_batch,
 )
 
 log = logging.getLogger(__name__)
@@ -124,14 +124,10 @@ class SlotIndex:
         return self._tombstones
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        ids, vectors = as_ids(ids), as_vectors(vectors, self.dim)
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
-        if len(ids) == 0:
+        batch = checked_batch(ids, vectors, self.dim)
+        if batch is None:
             return
-        keep = last_occurrences(ids)
-        if keep is not None:
-            ids, vectors = ids[keep], np.ascontiguousarray(vectors[keep])
+        ids, vectors = batch
         with self._lock:
             if self._slot_of:
                 # Re-adding an id replaces it: its old slot becomes a tombstone, the new vector goes last.
