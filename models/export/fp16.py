@@ -261,7 +261,7 @@ def aligned_lfw_faces(
     from service.pipeline import decode_image
     from service.pipeline.factory import build_pipeline
 
-    settings = Settings(model_dir=model_dir, embedder=embedder)
+    settings = Settings(model_dir=model_dir, embedder=embedder, embedder_precision="fp32")
     pipeline, _ = build_pipeline(settings)
     crops = []
     for person in sorted(p for p in lfw_dir.iterdir() if p.is_dir()):
@@ -296,7 +296,7 @@ def register_eval_variants(model_dir: Path, embedder: str, fp16_path: Path) -> l
     onnx.save(emulation_model(onnx.load(str(fp16_path))), str(emulated_file))
     variants = {f"{embedder}-fp16-emulated": emulated_file, f"{embedder}-fp16-cpu-ep": fp16_path}
     added = [
-        replace(base, name=name, onnx_file=path.name, onnx_sha256=sha256_file(path))
+        replace(base, name=name, onnx_file=path.name, onnx_sha256=sha256_file(path), fp16_onnx_sha256=None)
         for name, path in variants.items()
     ]
     kept = [entry for entry in manifest if entry.name not in variants]
