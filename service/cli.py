@@ -259,7 +259,11 @@ def _models_prune(args: argparse.Namespace, settings: Settings) -> int:
         detail = {"faces": len(removed), "identities_left_without_faces": len(emptied), "active": active}
         record(session, actor, Actions.MODEL_PRUNE, "model", model[:64], detail)
         session.commit()
-    print(f"deleted {len(removed)} faces of {model} (not in any index: nothing to rebuild)")
+    # A server started before `models use` still holds these faces in memory until it restarts.
+    print(
+        f"deleted {len(removed)} faces of {model}; servers restarted since the switch never loaded them, "
+        f"but any server still running {model} matches them until it is restarted: restart it now"
+    )
     return 0
 
 

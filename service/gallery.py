@@ -131,6 +131,9 @@ class Gallery:
         """All queries go to the index in one call (a micro-batch is one search); only the queries whose top
         is crowded by many faces of one person are searched again, deeper."""
         ranked: list[list[tuple[uuid.UUID, float]]] = [[] for _ in range(len(queries))]
+        with self._lock:
+            # Asking for more people than the gallery holds must not deepen the search to every face.
+            k = min(k, len(self._keys_of))
         total = len(self.index)
         pending = np.arange(len(queries))
         depth = min(total, max(4 * k, 32))

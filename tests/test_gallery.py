@@ -179,3 +179,28 @@ def test_many_queries_go_to_the_index_together_and_only_crowded_ones_again_deepe
     assert [m.identity_id for m in together[0]] == [crowd, runner_up]
     # All three at once, then only the crowded query deeper.
     assert calls == [3, 1]
+
+
+def test_asking_for_more_people_than_the_gallery_holds_does_not_search_every_face(
+    sessions: sessionmaker[Session],
+) -> None:
+    rng = np.random.default_rng(11)
+    people = [_person(sessions) for _ in range(3)]
+    for number, person in enumerate(people):
+        for n in range(60):
+            _store_vector(sessions, person, rng.normal(size=DIM), f"p{number}-{n}")
+    gallery = Gallery(make_index(DIM), sessions, MODEL)
+    gallery.rebuild()
+    depths: list[int] = []
+    search = gallery.index.search
+
+    def recording_search(batch: np.ndarray, k: int):  # type: ignore[no-untyped-def]
+        depths.append(k)
+        return search(batch, k)
+
+    gallery.index.search = recording_search  # type: ignore[method-assign]
+    (matches,) = gallery.identify(_unit(5)[None, :], k=50)
+
+    assert sorted(m.identity_id for m in matches) == sorted(people)
+    # All three people are among the first 32 faces; k=50 alone would have gone to all 180.
+    assert max(depths) < 180, depths

@@ -242,18 +242,19 @@ def test_models_use_refuses_what_is_not_a_usable_prepared_embedder(
     engine.dispose()
 
 
-def test_a_running_server_stops_being_ready_when_another_model_is_made_active(
+def test_a_running_server_reports_it_needs_a_restart_but_stays_ready_after_a_switch(
     environment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with TestClient(create_app(Settings())) as client:
-        assert client.get("/readyz").status_code == 200
+        assert client.get("/readyz").json()["checks"]["restart_needed"] is False
         assert facebank(["models", "use", FLIPPED]) == 0
         assert "restart them" in capsys.readouterr().out
         response = client.get("/readyz")
-        # It still runs A, so a balancer should stop sending it work until it is restarted on B.
-        assert response.status_code == 503
-        assert response.json()["checks"]["embedder"] == A_TAG
-        assert response.json()["checks"]["embedder_active"] is False
+        # Every server on the database sees the switch at once: unready would stop all identify traffic.
+        assert response.status_code == 200
+        checks = response.json()["checks"]
+        assert checks["embedder"] == A_TAG
+        assert checks["embedder_active"] is False and checks["restart_needed"] is True
 
 
 def test_a_server_left_on_the_old_model_refuses_to_enroll_after_a_switch(

@@ -66,11 +66,11 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
             search_threads=settings.search_threads,
             fp16=settings.index_fp16,
         )
-    except Exception:  # a wrong model, a missing GPU: nothing started, so nothing may stay open
+        gallery = Gallery(index, sessions, models.embedder_tag)
+        gallery.rebuild()
+    except Exception:  # a wrong model, a missing GPU, a failed rebuild: nothing may stay open
         engine.dispose()
         raise
-    gallery = Gallery(index, sessions, models.embedder_tag)
-    gallery.rebuild()
     # Checks the index against the keys the rebuild just read (a second full SQL read took 9.6 s at 1M
     # faces); writes by other processes since then show in /readyz and `facebank doctor`.
     audit = gallery.audit(since_rebuild=True)

@@ -20,9 +20,11 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 def readyz(state: State) -> JSONResponse:
-    """Ready: database reachable, index in step with SQL, and this process runs the database's active
-    embedder (after `facebank models use` it does not until restarted). Faces of other models are
-    counted, not a reason to be unready: they are never in the index."""
+    """Ready: database reachable and index in step with SQL. Whether this process still runs the database's
+    active embedder is reported (`embedder_active`, `restart_needed`) but does not make it unready: after
+    `facebank models use` every server would fail at once and identify traffic would stop, while each can
+    still answer from its own model's faces until restarted (enrolment is refused meanwhile). Faces of
+    other models are counted, never in the index."""
     checks: dict[str, object] = {"models": True}
     try:
         with state.sessions() as session:
@@ -35,11 +37,12 @@ def readyz(state: State) -> JSONResponse:
         checks["faces"] = sql_faces
         checks["embedder"] = state.embedder_tag
         checks["embedder_active"] = active in (None, state.embedder_tag)
+        checks["restart_needed"] = not checks["embedder_active"]
         checks["other_model_faces"] = all_faces - sql_faces
     except Exception as exc:  # any DB failure means not ready, whatever its type
         checks["database"] = False
         checks["error"] = type(exc).__name__
-    ready = all(bool(checks.get(name)) for name in ("database", "index_in_step", "embedder_active"))
+    ready = all(bool(checks.get(name)) for name in ("database", "index_in_step"))
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
     )
