@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 PAD_SCORE = np.float32(-np.finfo(np.float32).max)
 
 
+class IndexNeedsRebuild(RuntimeError):
+    """The storage took part of a batch and cannot drop it: positions and ids no longer agree."""
+
+
 class FlatStorage(Protocol):
     """Vectors at positions 0..ntotal-1, appended only; exact inner-product search by position."""
 
@@ -93,6 +97,10 @@ class SlotIndex:
 
     `compact_min` and `compact_fraction`: tombstones are compacted away once there are more than both
     `compact_min` and `compact_fraction` of the stored vectors (each costs scan time and search depth).
+
+    A failed append that stored nothing leaves the index as it was. One that stored part of its batch (a
+    shard of an `InterleavedStorage` ran out of memory) cannot be undone, since GPU flat indexes cannot drop
+    vectors: the index raises `IndexNeedsRebuild` from then on, until `reset()` (which a rebuild starts with).
     """
 
     def __init__(
@@ -112,16 +120,20 @@ class SlotIndex:
         self._chunk = chunk
         self._slot_ids = np.empty(0, np.int64)  # id at each stored position; -1 for a tombstone
         self._slot_of: dict[int, int] = {}
-        self._tombstones = 0
+        # Why the index cannot be trusted any more (a partial append); every call refuses until reset().
+        self._broken: str | None = None
         self._lock = threading.RLock()
         self.compactions = 0  # for tests and logs
 
     def __len__(self) -> int:
-        return len(self._slot_of)
+        with self._lock:
+            self._check_usable()
+            return len(self._slot_of)
 
     @property
     def tombstones(self) -> int:
-        return self._tombstones
+        # Derived, not counted: every stored vector without a live id is one, whatever failed on the way.
+        return self._storage.ntotal - len(self._slot_of)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         batch = checked_batch(ids, vectors, self.dim)
@@ -129,11 +141,20 @@ class SlotIndex:
             return
         ids, vectors = batch
         with self._lock:
-            if self._slot_of:
-                # Re-adding an id replaces it: its old slot becomes a tombstone, the new vector goes last.
-                self._bury([self._slot_of.pop(key) for key in ids.tolist() if key in self._slot_of])
+            self._check_usable()
             start = self._storage.ntotal
-            self._storage.append(vectors)
+            try:
+                self._storage.append(vectors)
+            except BaseException as exc:
+                if self._storage.ntotal != start:
+                    # Part of the batch is stored (one shard took its share) and cannot be dropped from a
+                    # GPU index: positions no longer match the slot table, so refuse until rebuilt.
+                    self._broken = f"an append stored {self._storage.ntotal - start} of {len(ids)} vectors"
+                    raise IndexNeedsRebuild(self._broken_message()) from exc
+                raise  # nothing stored: the index is as it was, re-added ids keep their old vectors
+            # Re-adding an id replaces it: its old slot becomes a tombstone, the new vector goes last. Only
+            # now that the new vectors are stored, so a failed append loses nothing.
+            self._bury([self._slot_of[key] for key in ids.tolist() if key in self._slot_of])
             self._grow(start + len(ids))
             self._slot_ids[start : start + len(ids)] = ids
             self._slot_of.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
@@ -142,6 +163,7 @@ class SlotIndex:
     def remove(self, ids: np.ndarray) -> int:
         ids = as_ids(ids)
         with self._lock:
+            self._check_usable()
             slots = [self._slot_of.pop(key) for key in set(ids.tolist()) if key in self._slot_of]
             self._bury(slots)
             self._maybe_compact()
@@ -153,12 +175,14 @@ class SlotIndex:
             raise ValueError("k must be at least 1")
         shape = (len(queries), k)
         with self._lock:
+            self._check_usable()
             if len(queries) == 0 or not self._slot_of:
                 return SearchResult(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
             return self._search_live(queries, k)
 
     def ids(self) -> np.ndarray:
         with self._lock:
+            self._check_usable()
             return np.sort(np.fromiter(self._slot_of, dtype=np.int64, count=len(self._slot_of)))
 
     def reset(self) -> None:
@@ -166,12 +190,13 @@ class SlotIndex:
             self._storage.clear()
             self._slot_ids = np.empty(0, np.int64)
             self._slot_of = {}
-            self._tombstones = 0
+            self._broken = None  # the storage is empty again: positions and slots agree
 
     def compact(self) -> None:
         """Copy the live vectors, in order, into a fresh storage and drop the tombstones."""
         with self._lock:
-            if self._tombstones == 0:
+            self._check_usable()
+            if self.tombstones == 0:
                 return
             total = self._storage.ntotal
             fresh = self._new_storage()
@@ -185,11 +210,17 @@ class SlotIndex:
             self._storage = fresh
             self._slot_ids = live_ids.copy()
             self._slot_of = dict(zip(live_ids.tolist(), range(len(live_ids)), strict=True))
-            self._tombstones = 0
             self.compactions += 1
             log.debug("index compacted: %d vectors kept of %d", len(live_ids), total)
 
     # --- inside the lock ------------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise IndexNeedsRebuild(self._broken_message())
+
+    def _broken_message(self) -> str:
+        return f"vector index is inconsistent ({self._broken}); reset it and rebuild it from SQL"
 
     def _grow(self, size: int) -> None:
         if size > len(self._slot_ids):
@@ -200,19 +231,24 @@ class SlotIndex:
     def _bury(self, slots: list[int]) -> None:
         if slots:
             self._slot_ids[np.asarray(slots, np.int64)] = -1
-            self._tombstones += len(slots)
 
     def _maybe_compact(self) -> None:
-        stored = self._storage.ntotal
-        if self._tombstones > self._compact_min and self._tombstones > self._compact_fraction * stored:
-            self.compact()
+        stored, tombstones = self._storage.ntotal, self.tombstones
+        if tombstones > self._compact_min and tombstones > self._compact_fraction * stored:
+            try:
+                self.compact()
+            except Exception:
+                # Compaction only saves scan time, and the add or remove that called it is already done
+                # (its caller must not see it fail); the old storage is untouched, the next call tries again.
+                log.warning("index compaction failed; keeping %d tombstones", tombstones, exc_info=True)
 
     def _search_live(self, queries: np.ndarray, k: int) -> SearchResult:
         stored = self._storage.ntotal
         # Every tombstone could outrank every live vector, so k + tombstones is always deep enough. But a
         # deep search costs (GPU k-selection slows with k) and tombstones rarely crowd one query's top, so
         # try a shallow one first: if each row still finds k live results, they are the exact top k.
-        full = min(k + self._tombstones, stored)
+        tombstones = self.tombstones
+        full = min(k + tombstones, stored)
         shallow = min(full, 2 * k + 16)
         limit = self._storage.max_k
         if shallow < full and (limit is None or shallow <= limit):
@@ -223,7 +259,7 @@ class SlotIndex:
         result, complete = self._to_ids(*self._storage.search(queries, depth), k)
         if complete or depth == full:
             return result
-        if self._tombstones > 0:
+        if tombstones > 0:
             # Tombstones crowded the deepest search the storage allows: drop them and try again.
             self.compact()
             return self._search_live(queries, k)
@@ -237,7 +273,7 @@ class SlotIndex:
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=PAD_SCORE)
         live = ids >= 0
-        if self._tombstones:
+        if self.tombstones:
             # A stable sort on "is a tombstone" moves the live results forward and keeps their ranking.
             order = np.argsort(~live, axis=1, kind="stable")
             ids = np.take_along_axis(ids, order, axis=1)
