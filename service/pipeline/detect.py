@@ -13,6 +13,10 @@ from PIL import Image
 
 from service.schemas import DetectedFace
 
+# Images per detector call within one shape group: at 640 px a call's input is 8 x 3 x 640 x 640 floats
+# (~40 MB) and its activations many times that, where an uncapped group of 256 would need gigabytes.
+DETECT_BATCH = 8
+
 
 @dataclass(frozen=True, slots=True)
 class DetectorConfig:
@@ -152,9 +156,9 @@ class Detector:
         max_faces: int | None = None,
         pad_to_common_shape: bool = False,
     ) -> list[list[DetectedFace]]:
-        """Faces of each image, with one network call per distinct input shape.
+        """Faces of each image, with one network call per distinct input shape (per DETECT_BATCH images).
 
-        Images of one shape share a call and get exactly what `detect` gives each alone. With
+        Images of one shape share calls and get exactly what `detect` gives each alone. With
         `pad_to_common_shape`, every image is padded bottom/right to the batch's largest height and width
         with zeros (the mean pixel once normalised) for a single call, and priors in the padding are
         ignored; the network then sees content beyond each image's edge where it saw zero padding, which
@@ -172,7 +176,12 @@ class Detector:
             groups = {tuple(max(dims) for dims in zip(*groups, strict=True)): list(range(len(images)))}
         threshold = self.config.score_threshold if score_threshold is None else score_threshold
         results: list[list[DetectedFace]] = [[] for _ in images]
-        for (height, width), rows in groups.items():
+        chunks = [
+            (shape, group[start : start + DETECT_BATCH])
+            for shape, group in groups.items()
+            for start in range(0, len(group), DETECT_BATCH)
+        ]
+        for (height, width), rows in chunks:
             batch = np.zeros((len(rows), 3, height, width), np.float32)
             for slot, row in enumerate(rows):
                 tensor = prepared[row][0]

@@ -20,6 +20,7 @@ from PIL import Image
 
 from service.config import Settings
 from service.pipeline import DetectionLimits, Detector, Embedder, FacePipeline
+from service.pipeline.detect import DETECT_BATCH
 from service.pipeline.factory import build_pipeline
 from service.runtime import LoadedModels
 from service.schemas import DetectedFace
@@ -88,6 +89,11 @@ def _photos() -> list[Image.Image]:
     return [Image.open(LFW / name / f"{name}_0001.jpg").convert("RGB") for name in PEOPLE]
 
 
+def _chunks(count: int) -> list[int]:
+    """The batch sizes of the calls `detect_many` makes for `count` images of one shape."""
+    return [min(DETECT_BATCH, count - start) for start in range(0, count, DETECT_BATCH)]
+
+
 def _assert_same(alone: list[DetectedFace], batched: list[DetectedFace]) -> None:
     assert len(alone) == len(batched)
     for a, b in zip(alone, batched, strict=True):
@@ -96,15 +102,17 @@ def _assert_same(alone: list[DetectedFace], batched: list[DetectedFace]) -> None
         assert abs(a.score - b.score) <= SAME_SCORE
 
 
-def test_photos_of_one_size_share_one_detector_call_and_get_their_single_photo_faces(
+def test_photos_of_one_size_share_detector_calls_of_at_most_the_batch_cap_and_get_their_single_photo_faces(
     counted: tuple[FacePipeline, CountingSession, CountingSession],
 ) -> None:
     pipeline, detector_calls, _ = counted
     photos = _photos()
+    assert len(photos) > DETECT_BATCH  # so the group is split into several calls
     alone = [pipeline.detect(photo) for photo in photos]
     detector_calls.shapes.clear()
     batched = pipeline.detect_many(photos)
-    assert detector_calls.shapes == [(len(photos), 3, 250, 250)]
+    assert detector_calls.shapes == [(n, 3, 250, 250) for n in _chunks(len(photos))]
+    assert len(detector_calls.shapes) > 1
     assert sum(map(len, alone)) >= len(photos)
     for one, many in zip(alone, batched, strict=True):
         _assert_same(one, many)
@@ -132,7 +140,7 @@ def test_padding_mixed_sizes_into_one_call_moves_faces_which_is_why_it_is_not_th
     alone = [pipeline.detect(photo) for photo in photos]
     detector_calls.shapes.clear()
     padded = pipeline.detector.detect_many(photos, max_side=640, pad_to_common_shape=True)
-    assert detector_calls.shapes == [(len(photos), 3, 457, 640)]
+    assert detector_calls.shapes == [(n, 3, 457, 640) for n in _chunks(len(photos))]
     moved = 0.0
     for one, many in zip(alone, padded, strict=True):
         main, main_padded = max(one, key=lambda f: f.area), max(many, key=lambda f: f.area)
