@@ -44,6 +44,7 @@ from service.ingest.progress import StopFlag
 from service.ingest.report import (
     ALREADY_INGESTED,
     DATABASE_ERROR,
+    EMBEDDER_SWITCHED,
     INTERNAL_ERROR,
     READ_ERROR,
     Outcome,
@@ -55,6 +56,7 @@ from service.pipeline import FacePipeline, ImageDecodeError, StageTimes, decode_
 from service.pipeline.factory import build_pipeline
 from service.schemas import DetectedFace
 from service.storage import repository as repo
+from service.storage import service_settings
 from service.storage.engine import make_engine, make_session_factory
 from service.storage.migrate import upgrade_to_head
 from service.storage.tables import Face, Identity
@@ -156,6 +158,20 @@ def _lock_writers(session: Session) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INGEST_LOCK_KEY})
 
 
+class EmbedderSwitched(RuntimeError):
+    """`facebank models use` made another embedder active while this ingest was running."""
+
+
+def _check_still_active(session: Session, model: str) -> None:
+    # Read under the writers' lock, so a batch is never stored under a model that is no longer searched.
+    active = service_settings.active_embedder(session, lock=True)
+    if active not in (None, model):
+        raise EmbedderSwitched(
+            f"the active embedder changed to {active} during this ingest (it embeds with {model}); "
+            "nothing more is stored: run the ingest again to enroll the rest with the new model"
+        )
+
+
 def _present(session: Session, model: str, sha256s: Iterable[str]) -> set[tuple[uuid.UUID, str]]:
     """(identity id, image sha256) of the faces of `model` already stored from these images."""
     # Why one query for the batch: each round trip from this thread waits for the GIL on its way back.
@@ -177,6 +193,7 @@ def store_faces(
     resolved: dict[tuple[str, str], uuid.UUID] = {}
     with sessions() as session:
         _lock_writers(session)
+        _check_still_active(session, model)
         for accepted, _ in batch:
             key = accepted.item.identity_key
             if key not in resolved and (known := directory.find(session, accepted.item)) is not None:
@@ -305,6 +322,9 @@ class _Writer(threading.Thread):
                         list(zip(batch, embeddings, strict=True)),
                         self._model,
                     )
+                except EmbedderSwitched as exc:
+                    reason = str(exc)
+                    outcomes = [Outcome.of(a.item, Status.ERROR, EMBEDDER_SWITCHED, reason) for a in batch]
                 except Exception as exc:  # a bug must not end the run; the photos are reported as errors
                     log.exception("storing a batch failed")
                     outcomes = [

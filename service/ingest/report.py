@@ -28,6 +28,7 @@ READ_ERROR = "read_error"
 DATABASE_ERROR = "database_error"
 HTTP_ERROR = "http_error"
 INTERNAL_ERROR = "internal_error"
+EMBEDDER_SWITCHED = "embedder_switched"  # `facebank models use` ran during the ingest
 
 
 @dataclass(frozen=True, slots=True)

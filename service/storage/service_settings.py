@@ -16,8 +16,10 @@ from service.storage.tables import ServiceSetting, utcnow
 ACTIVE_EMBEDDER = "active_embedder"
 
 
-def get_value(session: Session, *, key: str) -> str | None:
-    return session.scalar(select(ServiceSetting.value).where(ServiceSetting.key == key))
+def get_value(session: Session, *, key: str, lock: bool = False) -> str | None:
+    """With `lock`, a share lock until the caller's commit (PostgreSQL): a writer of `key` waits for it."""
+    query = select(ServiceSetting.value).where(ServiceSetting.key == key)
+    return session.scalar(query.with_for_update(read=True) if lock else query)
 
 
 def put_value(session: Session, *, key: str, value: str) -> str | None:
@@ -47,9 +49,10 @@ def put_value_if_absent(session: Session, *, key: str, value: str) -> str:
     return stored
 
 
-def active_embedder(session: Session) -> str | None:
-    """The active embedder's `name@version`, or None while no process has recorded one."""
-    return get_value(session, key=ACTIVE_EMBEDDER)
+def active_embedder(session: Session, *, lock: bool = False) -> str | None:
+    """The active embedder's `name@version`, or None while no process has recorded one; `lock` holds off
+    `facebank models use` until the caller commits what it stored under that model."""
+    return get_value(session, key=ACTIVE_EMBEDDER, lock=lock)
 
 
 def set_active_embedder(session: Session, *, tag: str) -> str | None:

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import Engine, delete
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.ingest.embedded import IdentityDirectory, _Accepted, _store_batch, store_faces
+from service.ingest.embedded import EmbedderSwitched, IdentityDirectory, _Accepted, _store_batch, store_faces
 from service.ingest.report import Status
 from service.ingest.scan import IngestItem
 from service.schemas import DetectedFace
 from service.storage import repository as repo
+from service.storage import service_settings
 from service.storage.engine import make_engine, make_session_factory
 from service.storage.migrate import upgrade_to_head
 from service.storage.tables import Identity
@@ -113,3 +114,19 @@ def test_concurrent_writers_with_overlapping_batches_store_each_photo_and_identi
     with sessions() as session:
         identities = repo.list_identities(session, limit=100)[0]
     assert Counter(i.name for i in identities) == {f"person {n}": 1 for n in range(6)}
+
+
+def test_a_batch_after_models_use_switched_the_embedder_stores_nothing(engine: Engine) -> None:
+    sessions = make_session_factory(engine)
+    directory = IdentityDirectory()
+    (first,) = store_faces(sessions, directory, [_photo("Ada", 1)], MODEL)
+    assert first.status is Status.INGESTED
+    with sessions() as session:
+        service_settings.set_active_embedder(session, tag="other@2")
+        session.commit()
+    with pytest.raises(EmbedderSwitched, match="other@2"):
+        store_faces(sessions, directory, [_photo("Ada", 2), _photo("Bob", 3)], MODEL)
+    # Neither the second photo nor a new identity for Bob was stored under the model nobody searches now.
+    with sessions() as session:
+        assert session.scalars(select(Identity.name)).all() == ["Ada"]
+        assert repo.count_faces(session) == 1

@@ -90,3 +90,30 @@ def test_processes_seeding_a_fresh_database_at_once_all_see_one_choice(clean: En
     assert winner is not None and winner.startswith("m")
     # Whoever inserted first won; every other seeder waited for it and read back its choice, not its own.
     assert seen == [winner] * 4
+
+
+def test_a_locked_read_holds_off_a_switch_until_the_reader_commits(clean: Engine) -> None:
+    if clean.dialect.name != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time anyway")
+    sessions = make_session_factory(clean)
+    with sessions() as session:
+        choices.set_active_embedder(session, tag="a@1")
+        session.commit()
+    order: list[str] = []
+
+    def switch() -> None:
+        with sessions() as session:
+            choices.set_active_embedder(session, tag="b@2")
+            session.commit()
+            order.append("switched")
+
+    with sessions() as enrolment:
+        assert choices.active_embedder(enrolment, lock=True) == "a@1"
+        switcher = threading.Thread(target=switch)
+        switcher.start()
+        switcher.join(timeout=0.5)
+        assert switcher.is_alive()  # waiting for the enrolment's lock
+        order.append("enrolled")
+        enrolment.commit()
+    switcher.join(timeout=10)
+    assert order == ["enrolled", "switched"]

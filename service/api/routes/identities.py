@@ -138,7 +138,7 @@ def enroll_face(
         (embedded,) = state.pipeline.embed_faces(picture, [largest], times)
     try:
         with times.stage("store"):
-            active = service_settings.active_embedder(db)
+            active = service_settings.active_embedder(db, lock=True)
             if active not in (None, state.embedder_tag):
                 # After `facebank models use`, a server not yet restarted would store faces nobody searches.
                 raise APIError(
