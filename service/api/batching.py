@@ -3,7 +3,8 @@
 A batch runs the detector once per distinct input shape (one call when the photos share a size; padding
 photos to a common shape changes what the detector sees at their edges, see `Detector.detect_many`), the
 embedder once for every face of every request, and one gallery search for every query. The answers are the
-ones each request would get alone.
+ones each request would get alone. When a batch raises, its requests are run again one at a time, so a
+picture that crashes a stage fails only its own request (500 batch_failed).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from PIL import Image
 from service.api.errors import APIError, too_many_faces
 from service.gallery import Gallery
 from service.pipeline import FacePipeline, StageTimes
-from service.pipeline.batching import BatcherClosed, BatchFailed, BatchStats, MicroBatcher
+from service.pipeline.batching import BatcherClosed, BatchFailed, BatchStats, ItemFailed, MicroBatcher
 from service.schemas import DetectedFace, EmbeddedFace, Match
 
 
@@ -66,6 +67,8 @@ class RecognitionBatcher:
             return self._batcher.submit(request, times)
         except BatcherClosed as exc:
             raise APIError(503, "shutting_down", "the service is shutting down; try again shortly") from exc
+        except ItemFailed as exc:  # failed alone too, after its batch failed: its own picture is the cause
+            raise APIError(500, "batch_failed", "processing this request's picture failed") from exc
         except BatchFailed as exc:
             message = "processing failed for the batch this request was in"
             raise APIError(500, "batch_failed", message) from exc

@@ -4,6 +4,8 @@ There is no worker thread to start or stop. The first caller to find the batcher
 `max_wait_s` after the oldest queued item for company (or until `max_size` items are queued), runs the batch
 in its own thread, then hands the lead to the oldest item still queued and goes back to its own caller. Items
 that arrive while a batch runs are queued and form the next batch, so batches grow with the load.
+
+A batch whose call raises is run again one item at a time, so one bad item fails only its own caller.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 
 # Takes the batch's items and a StageTimes for the batch; returns one result per item, in order. An
-# exception instance in a slot fails only that item's caller; an exception raised fails the whole batch.
+# exception instance in a slot fails only that item's caller. When it raises, each item is run again alone
+# (so it must be safe to repeat), and only the items that raise alone fail, with ItemFailed.
 BatchFunction = Callable[[list[In], StageTimes], Sequence[Out | Exception]]
 
 
@@ -36,11 +39,16 @@ class BatchFailed(RuntimeError):
     """The batch function raised; every item of that batch gets this error, with the cause chained."""
 
 
+class ItemFailed(BatchFailed):
+    """The batch function raised for this item run alone: its own failure, not its batch's."""
+
+
 @dataclass
 class BatchStats:
     batches: int = 0
     items: int = 0
-    failed_batches: int = 0
+    failed_batches: int = 0  # whole-batch calls that raised (their items were then retried one at a time)
+    failed_alone: int = 0  # items that raised when run alone: each one's caller got ItemFailed
     sizes: Counter[int] = field(default_factory=Counter)  # batch size → how many batches had it
 
     @property
@@ -123,8 +131,9 @@ class MicroBatcher(Generic[In, Out]):
 
     def stats(self) -> BatchStats:
         with self._cond:
+            stats = self._stats
             return BatchStats(
-                self._stats.batches, self._stats.items, self._stats.failed_batches, Counter(self._stats.sizes)
+                stats.batches, stats.items, stats.failed_batches, stats.failed_alone, Counter(stats.sizes)
             )
 
     def _lead(self) -> None:
@@ -152,34 +161,62 @@ class MicroBatcher(Generic[In, Out]):
             if waiting.times is not None:
                 waiting.times.seconds["queue"] = started - waiting.queued_at
         times = StageTimes()
-        # Until the batch function returns, every caller's outcome is a failure, so that no error, of
-        # whatever kind, leaves a caller asleep.
+        # Until every outcome is known, every caller's outcome is a failure, so that no error, of whatever
+        # kind, leaves a caller asleep.
         cause: BaseException | None = None
         outcomes: list[tuple[Out | None, BaseException | None]] = []
+        alone_times: list[StageTimes | None] = [None] * len(batch)
         try:
-            results = self._run_batch([w.item for w in batch], times)
-            if len(results) != len(batch):
-                raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
-            outcomes = [(None, r) if isinstance(r, Exception) else (r, None) for r in results]
-        except Exception as exc:
-            log.exception("a batch of %d failed", len(batch))
-            cause = exc
+            try:
+                outcomes = self._call([w.item for w in batch], times)
+            except Exception as exc:
+                log.exception("a batch of %d failed", len(batch))
+                cause = exc
+                if len(batch) == 1:
+                    outcomes = [(None, _item_failed(exc))]
+                else:
+                    # One bad item (a photo the aligner or the detector chokes on) must not fail the others:
+                    # run each alone, once, so that only its culprit gets an error.
+                    alone_times = [StageTimes() for _ in batch]
+                    outcomes = [self._run_alone(w.item, t) for w, t in zip(batch, alone_times, strict=True)]
         finally:
-            if not outcomes:  # one error object per caller: each raises it in its own thread
+            if len(outcomes) != len(batch):  # one error object per caller: each raises it in its own thread
                 outcomes = [(None, _batch_failed(len(batch), cause)) for _ in batch]
             with self._cond:
                 self._stats.batches += 1
                 self._stats.items += len(batch)
                 self._stats.sizes[len(batch)] += 1
                 self._stats.failed_batches += cause is not None
-            for waiting, (result, error) in zip(batch, outcomes, strict=True):
+                self._stats.failed_alone += sum(isinstance(error, ItemFailed) for _, error in outcomes)
+            for waiting, (result, error), own in zip(batch, outcomes, alone_times, strict=True):
                 if waiting.times is not None:
-                    for stage, seconds in times.seconds.items():
-                        waiting.times.seconds[stage] = waiting.times.seconds.get(stage, 0.0) + seconds
+                    for spent in (times, own or StageTimes()):
+                        for stage, seconds in spent.seconds.items():
+                            waiting.times.seconds[stage] = waiting.times.seconds.get(stage, 0.0) + seconds
                 waiting.finish(result, error)
+
+    def _call(self, items: list[In], times: StageTimes) -> list[tuple[Out | None, BaseException | None]]:
+        """(result, None) or (None, its returned error) per item; raises what the batch function raises."""
+        results = self._run_batch(items, times)
+        if len(results) != len(items):
+            raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
+        return [(None, r) if isinstance(r, Exception) else (r, None) for r in results]
+
+    def _run_alone(self, item: In, times: StageTimes) -> tuple[Out | None, BaseException | None]:
+        try:
+            return self._call([item], times)[0]
+        except Exception as exc:
+            log.exception("an item failed alone after its batch failed")
+            return None, _item_failed(exc)
 
 
 def _batch_failed(size: int, cause: BaseException | None) -> BatchFailed:
     error = BatchFailed(f"the batch of {size} requests this one was in failed: {cause!r}")
+    error.__cause__ = cause
+    return error
+
+
+def _item_failed(cause: Exception) -> ItemFailed:
+    error = ItemFailed(f"processing this request failed: {cause!r}")
     error.__cause__ = cause
     return error

@@ -27,8 +27,11 @@ from service.api import create_app
 from service.api.app import build_state
 from service.api.batching import RecognitionBatcher, RecognitionRequest, RecognitionResult
 from service.api.errors import APIError
+from service.api.state import AppState
 from service.config import Settings
-from service.pipeline import StageTimes
+from service.pipeline import FacePipeline, StageTimes
+from service.pipeline.batching import ItemFailed
+from service.schemas import DetectedFace
 from tests.conftest import LFW
 
 ENROLLED = ["Colin_Powell", "Tony_Blair", "Serena_Williams", "Junichiro_Koizumi", "Hugo_Chavez"]
@@ -257,19 +260,74 @@ def test_too_many_faces_fails_only_that_request_of_its_batch(
     assert (results[1].status, results[1].code) == (422, "too_many_faces")
 
 
-def test_a_crash_inside_a_batch_fails_all_of_it_cleanly_and_the_next_batch_works(
+def test_a_picture_that_crashes_the_detector_fails_alone_and_its_batch_mates_get_their_answers(
     recognition: Callable[..., RecognitionBatcher],
 ) -> None:
     batcher = recognition(max_size=3)
     # A grayscale picture never comes from the API (uploads are decoded to RGB): the detector chokes on it.
     crashing = [_lfw("Tony_Blair", 5), _lfw("Hugo_Chavez", 4).convert("L"), _lfw("Colin_Powell", 5)]
-    for result in _submit_together(batcher, crashing):
-        assert isinstance(result, APIError)
-        assert (result.status, result.code) == (500, "batch_failed")
+    results = _submit_together(batcher, crashing)
+    assert isinstance(results[1], APIError)
+    assert (results[1].status, results[1].code) == (500, "batch_failed")
+    assert [_best_name(results[0]), _best_name(results[2])] == ["Tony_Blair", "Colin_Powell"]
     fine = _submit_together(batcher, [_lfw("Tony_Blair", 5), _lfw("Hugo_Chavez", 4), _lfw("Colin_Powell", 5)])
     assert [_best_name(r) for r in fine] == ["Tony_Blair", "Hugo_Chavez", "Colin_Powell"]
     stats = batcher.stats()
-    assert (stats.batches, stats.failed_batches) == (2, 1)
+    assert (stats.batches, stats.failed_batches, stats.failed_alone) == (2, 1, 1)
+
+
+class ChokesOnMarkedPictures(FacePipeline):
+    """The real pipeline, except that aligning a marked picture's faces raises as degenerate landmarks do."""
+
+    def align(
+        self, image: Image.Image, faces: list[DetectedFace], times: StageTimes | None = None
+    ) -> np.ndarray:
+        if image.info.get("degenerate"):
+            raise np.linalg.LinAlgError("Singular matrix")
+        return super().align(image, faces, times)
+
+
+def _direct(state: AppState, picture: Image.Image, k: int) -> RecognitionResult:
+    """What the unbatched /v1/identify computes for one picture (service/api/routes/recognition.py)."""
+    faces = state.pipeline.embed_faces(picture, state.pipeline.detect(picture))
+    matches = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
+    return RecognitionResult(faces=[f.face for f in faces], embedded=faces, matches=matches)
+
+
+def test_a_picture_the_aligner_chokes_on_fails_alone_and_the_rest_of_its_batch_answers_as_directly(
+    gallery: Gallery,
+) -> None:
+    state = build_state(gallery.settings)
+    real = state.pipeline
+    choking = ChokesOnMarkedPictures(real.detector, real.embedder, real.limits)
+    batcher = RecognitionBatcher(
+        choking, state.gallery, max_faces=MAX_FACES, max_size=4, max_wait_s=FOREVER_S
+    )
+    marked = _lfw("Serena_Williams", 4)
+    marked.info["degenerate"] = True
+    pictures = [_lfw("Tony_Blair", 5), marked, _collage(2), _lfw("Arnold_Schwarzenegger", 1)]
+    try:
+        results = _submit_together(batcher, pictures, top_k=3)
+        assert isinstance(results[1], APIError)
+        assert (results[1].status, results[1].code) == (500, "batch_failed")
+        assert isinstance(results[1].__cause__, ItemFailed)
+        assert isinstance(results[1].__cause__.__cause__, np.linalg.LinAlgError)
+        for row in (0, 2, 3):
+            got, want = results[row], _direct(state, pictures[row], 3)
+            assert isinstance(got, RecognitionResult), got
+            assert len(got.embedded) == len(want.embedded) > 0
+            for one, many in zip(want.embedded, got.embedded, strict=True):
+                np.testing.assert_allclose(one.face.bbox, many.face.bbox, atol=1e-3)
+                np.testing.assert_allclose(one.embedding, many.embedding, atol=1e-5)
+            for one_row, many_row in zip(want.matches, got.matches, strict=True):
+                assert [m.identity_id for m in one_row] == [m.identity_id for m in many_row]
+                np.testing.assert_allclose([m.score for m in one_row], [m.score for m in many_row], atol=1e-5)
+        assert _best_name(results[0]) == "Tony_Blair"
+        stats = batcher.stats()
+        assert (dict(stats.sizes), stats.failed_batches, stats.failed_alone) == ({4: 1}, 1, 1)
+    finally:
+        assert batcher.close(10.0)
+        state.close()
 
 
 def test_closing_runs_the_queued_requests_at_once_and_refuses_new_ones(

@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 
 from service.pipeline import StageTimes
-from service.pipeline.batching import BatcherClosed, BatchFailed, MicroBatcher
+from service.pipeline.batching import BatcherClosed, BatchFailed, ItemFailed, MicroBatcher
 
 # Long enough never to expire in a test that relies on a full batch starting at once.
 FOREVER_S = 60.0
@@ -104,21 +104,74 @@ def test_an_error_returned_for_one_item_fails_only_that_caller() -> None:
     assert batcher.stats().failed_batches == 0
 
 
-def test_a_crash_fails_every_caller_of_that_batch_and_the_next_batch_still_runs() -> None:
-    def crashes_on_zero(items: list[int], times: StageTimes) -> list[int | Exception]:
-        if 0 in items:
-            raise ZeroDivisionError("boom")
-        return [10 // i for i in items]
+class CrashesOnZero:
+    """10 // item for each item; a zero anywhere in a batch crashes the whole call. Records every call."""
 
-    batcher = MicroBatcher(crashes_on_zero, max_size=3, max_wait_s=FOREVER_S)
-    futures = _submit_all(batcher, [0, 1, 2])
-    for future in futures:
-        with pytest.raises(BatchFailed) as failure:
-            future.result(timeout=10)
-        assert isinstance(failure.value.__cause__, ZeroDivisionError)
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def __call__(self, items: list[int], times: StageTimes) -> list[int | Exception]:
+        self.calls.append(list(items))
+        with times.stage("work"):
+            if 0 in items:
+                raise ZeroDivisionError("boom")
+            return [10 // i for i in items]
+
+
+def test_a_crash_is_retried_one_item_at_a_time_so_only_its_culprit_fails() -> None:
+    run = CrashesOnZero()
+    batcher = MicroBatcher(run, max_size=3, max_wait_s=FOREVER_S)
+    times = [StageTimes() for _ in range(3)]
+    pool = ThreadPoolExecutor(max_workers=3)
+    futures = [pool.submit(batcher.submit, item, t) for item, t in zip([0, 1, 2], times, strict=True)]
+    pool.shutdown(wait=False)
+    with pytest.raises(ItemFailed) as failure:
+        futures[0].result(timeout=10)
+    assert isinstance(failure.value, BatchFailed)  # callers that catch BatchFailed still catch it
+    assert isinstance(failure.value.__cause__, ZeroDivisionError)
+    assert [futures[1].result(timeout=10), futures[2].result(timeout=10)] == [10, 5]
+    # One whole-batch call, then each item alone, once.
+    assert sorted(map(sorted, run.calls)) == [[0], [0, 1, 2], [1], [2]]
+    assert all(t.seconds["work"] > 0 and "queue" in t.seconds for t in times)
     assert [f.result(timeout=10) for f in _submit_all(batcher, [1, 2, 5])] == [10, 5, 2]
     stats = batcher.stats()
-    assert (stats.batches, stats.failed_batches) == (2, 1)
+    assert (stats.batches, stats.items, stats.failed_batches, stats.failed_alone) == (2, 6, 1, 1)
+
+
+def test_a_batch_of_one_that_crashes_fails_without_a_retry() -> None:
+    run = CrashesOnZero()
+    batcher = MicroBatcher(run, max_size=3, max_wait_s=0.0)
+    with pytest.raises(ItemFailed, match="boom"):
+        batcher.submit(0)
+    assert run.calls == [[0]]
+    assert (batcher.stats().failed_batches, batcher.stats().failed_alone) == (1, 1)
+
+
+def test_an_error_returned_for_an_item_retried_alone_fails_only_that_caller() -> None:
+    def crashes_on_zero_refuses_odd(items: list[int], times: StageTimes) -> list[int | Exception]:
+        if 0 in items:
+            raise ZeroDivisionError("boom")
+        return [ValueError(f"odd {i}") if i % 2 else i for i in items]
+
+    batcher = MicroBatcher(crashes_on_zero_refuses_odd, max_size=3, max_wait_s=FOREVER_S)
+    futures = _submit_all(batcher, [0, 1, 2])
+    with pytest.raises(ItemFailed):
+        futures[0].result(timeout=10)
+    with pytest.raises(ValueError, match="odd 1"):
+        futures[1].result(timeout=10)
+    assert futures[2].result(timeout=10) == 2
+    assert batcher.stats().failed_alone == 1  # a returned error is the item's answer, not a failure
+
+
+def test_every_item_crashing_alone_fails_every_caller_cleanly() -> None:
+    def always_crashes(items: list[int], times: StageTimes) -> list[int | Exception]:
+        raise RuntimeError("model lost")
+
+    batcher = MicroBatcher(always_crashes, max_size=3, max_wait_s=FOREVER_S)
+    for future in _submit_all(batcher, [1, 2, 3]):
+        with pytest.raises(ItemFailed, match="model lost"):
+            future.result(timeout=10)
+    assert (batcher.stats().failed_batches, batcher.stats().failed_alone) == (1, 3)
 
 
 def test_a_batch_function_returning_the_wrong_number_of_results_fails_the_batch_cleanly() -> None:
@@ -127,7 +180,7 @@ def test_a_batch_function_returning_the_wrong_number_of_results_fails_the_batch_
 
     batcher = MicroBatcher(drops_the_last, max_size=2, max_wait_s=FOREVER_S)
     for future in _submit_all(batcher, [1, 2]):
-        with pytest.raises(BatchFailed, match="1 results for 2 items"):
+        with pytest.raises(BatchFailed, match="0 results for 1 items"):  # as each did when retried alone
             future.result(timeout=10)
 
 
