@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.index import VectorIndex
+from service.index import IndexNeedsRebuild, VectorIndex
 from service.schemas import Match
 from service.storage import repository as repo
 from service.storage.tables import Face
@@ -89,11 +89,14 @@ class Gallery:
 
     def added(self, key: int, identity_id: uuid.UUID, embedding: np.ndarray) -> None:
         """Record a face already committed to SQL."""
-        with self._lock:
-            self._rebuilt_keys = None
-            self.index.add(np.array([key]), embedding[None, :])
-            self._owner[key] = identity_id
-            self._keys_of.setdefault(identity_id, set()).add(key)
+        try:
+            with self._lock:
+                self._rebuilt_keys = None
+                self.index.add(np.array([key]), embedding[None, :])
+                self._owner[key] = identity_id
+                self._keys_of.setdefault(identity_id, set()).add(key)
+        except IndexNeedsRebuild:
+            self._rebuild_after_failure()
 
     def removed(self, keys: Sequence[int], *, identity_id: uuid.UUID | None = None) -> None:
         """Forget faces already deleted from SQL; with `identity_id`, every face of that identity too.
@@ -101,22 +104,35 @@ class Gallery:
         Why both: on SQLite the keys an identity deletion lists are read before its DELETE, so a face
         committed in between is removed by the database's cascade without being listed.
         """
-        with self._lock:
-            self._rebuilt_keys = None
-            doomed = set(keys)
-            if identity_id is not None:
-                doomed |= self._keys_of.pop(identity_id, set())
-            self.index.remove(np.fromiter(doomed, dtype=np.int64, count=len(doomed)))
-            for key in doomed:
-                owner = self._owner.pop(key, None)
-                if owner is not None and (owned := self._keys_of.get(owner)) is not None:
-                    owned.discard(key)
-                    if not owned:
-                        del self._keys_of[owner]
+        try:
+            with self._lock:
+                self._rebuilt_keys = None
+                doomed = set(keys)
+                if identity_id is not None:
+                    doomed |= self._keys_of.pop(identity_id, set())
+                self.index.remove(np.fromiter(doomed, dtype=np.int64, count=len(doomed)))
+                for key in doomed:
+                    owner = self._owner.pop(key, None)
+                    if owner is not None and (owned := self._keys_of.get(owner)) is not None:
+                        owned.discard(key)
+                        if not owned:
+                            del self._keys_of[owner]
+        except IndexNeedsRebuild:
+            self._rebuild_after_failure()
+
+    def _rebuild_after_failure(self) -> None:
+        # The write is already committed, so SQL holds the right state: reload it rather than fail requests.
+        log.error("the vector index lost track of its vectors; rebuilding it from SQL")
+        self.rebuild()
 
     def identify(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
         """Top-k identities per query, each scored by its best face."""
-        ranked = self._rank_identities(np.asarray(embeddings, np.float32).reshape(-1, self.index.dim), k)
+        queries = np.asarray(embeddings, np.float32).reshape(-1, self.index.dim)
+        try:
+            ranked = self._rank_identities(queries, k)
+        except IndexNeedsRebuild:
+            self._rebuild_after_failure()
+            ranked = self._rank_identities(queries, k)
         wanted = {identity for row in ranked for identity, _ in row}
         if not wanted:
             return [[] for _ in ranked]

@@ -204,3 +204,30 @@ def test_asking_for_more_people_than_the_gallery_holds_does_not_search_every_fac
     assert sorted(m.identity_id for m in matches) == sorted(people)
     # All three people are among the first 32 faces; k=50 alone would have gone to all 180.
     assert max(depths) < 180, depths
+
+
+def test_an_index_that_lost_track_of_its_vectors_is_rebuilt_from_sql_not_left_broken(
+    sessions: sessionmaker[Session],
+) -> None:
+    from service.index import CpuFlatStorage, IndexNeedsRebuild, SlotIndex
+    from service.index.faiss_gpu import InterleavedStorage
+    from tests.index.test_slot_index_failures import FailingStorage
+
+    parts = [FailingStorage(DIM) for _ in range(2)]
+    index = SlotIndex(InterleavedStorage(parts), new_storage=lambda: CpuFlatStorage(DIM))
+    gallery = Gallery(index, sessions, MODEL)
+    ada = _person(sessions)
+    for seed in range(4):
+        _store(sessions, ada, seed)
+    gallery.rebuild()
+    bob = _person(sessions)
+    key = _store(sessions, bob, 99)
+    parts[1].fail_next_append = True  # one shard stores its share of the batch, the other runs out of memory
+    with pytest.raises(IndexNeedsRebuild):  # the index is broken from now on, until reset
+        index.add(np.arange(1000, 1004), np.stack([_unit(s) for s in range(4)]))
+
+    gallery.added(key, bob, _unit(99))  # raises IndexNeedsRebuild inside; the gallery reloads SQL instead
+
+    assert gallery.audit().in_step
+    (matches,) = gallery.identify(_unit(99)[None, :], k=1)
+    assert matches[0].identity_id == bob

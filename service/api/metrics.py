@@ -42,7 +42,14 @@ class BatchCollector(Collector):
             sum_value=stats.items,
         )
         yield CounterMetricFamily(
-            "facebank_batch_failures", "micro-batches that failed as a whole", value=stats.failed_batches
+            "facebank_batch_failures",
+            "micro-batches whose whole-batch call raised (their requests were retried one at a time)",
+            value=stats.failed_batches,
+        )
+        yield CounterMetricFamily(
+            "facebank_batch_requests_failed_alone",
+            "requests that also failed when run alone after their batch failed (500 batch_failed)",
+            value=stats.failed_alone,
         )
         yield GaugeMetricFamily(
             "facebank_batch_queued", "requests waiting for a micro-batch", value=batcher.queued()

@@ -4,13 +4,14 @@ from service.index.base import SearchResult, VectorIndex
 from service.index.factory import make_index
 from service.index.faiss_gpu import FaissGpuFlatIndex, GpuIndexUnavailable, gpu_unavailable_reason
 from service.index.faiss_index import FaissFlatIndex
-from service.index.slots import CpuFlatStorage, SlotIndex
+from service.index.slots import CpuFlatStorage, IndexNeedsRebuild, SlotIndex
 
 __all__ = [
     "CpuFlatStorage",
     "FaissFlatIndex",
     "FaissGpuFlatIndex",
     "GpuIndexUnavailable",
+    "IndexNeedsRebuild",
     "SearchResult",
     "SlotIndex",
     "VectorIndex",
