@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -13,17 +14,22 @@ from service.index.rwlock import ReadWriteLock
 WAIT_S = 5.0  # generous: the machine is shared, and a correct lock never needs it
 
 
-def start(target: object) -> threading.Thread:
+def start(target: Callable[[], object]) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread
 
 
-def wait_until(condition: object, timeout: float = WAIT_S) -> None:
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.005)
+
+
+def then(action: Callable[[], object], done: threading.Event) -> None:
+    action()
+    done.set()
 
 
 def test_two_readers_hold_the_lock_at_the_same_time() -> None:
@@ -46,7 +52,7 @@ def test_a_writer_keeps_readers_and_writers_out_until_it_leaves(second: str) -> 
     lock = ReadWriteLock()
     entered = threading.Event()
     with lock.writing():
-        thread = start(lambda: (getattr(lock, second)().__enter__(), entered.set()))
+        thread = start(lambda: then(getattr(lock, second)().__enter__, entered))
         assert not entered.wait(0.2)
     assert entered.wait(WAIT_S)
     thread.join(WAIT_S)
@@ -96,7 +102,7 @@ def test_an_exception_inside_releases_the_lock(side: str) -> None:
     with pytest.raises(KeyError), getattr(lock, side)():
         raise KeyError("boom")
     wrote = threading.Event()
-    thread = start(lambda: (lock.writing().__enter__(), wrote.set()))
+    thread = start(lambda: then(lock.writing().__enter__, wrote))
     assert wrote.wait(WAIT_S)
     thread.join(WAIT_S)
 
@@ -134,7 +140,9 @@ def test_random_readers_and_writers_never_overlap_wrongly_and_all_finish() -> No
         with guard:
             done[0] += 1
 
-    threads = [start(lambda s=seed: worker(s)) for seed in range(8)]
+    threads = [threading.Thread(target=worker, args=(seed,), daemon=True) for seed in range(8)]
+    for thread in threads:
+        thread.start()
     for thread in threads:
         thread.join(60)
     assert done[0] == 8, "a thread is stuck: deadlock"
