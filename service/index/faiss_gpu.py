@@ -60,6 +60,13 @@ def _max_k(use_cuvs: bool) -> int:
 class GpuFlatStorage:
     """One `GpuIndexFlatIP` on one device: vectors resident there, fp32 or fp16."""
 
+    # FAISS GPU indexes are not thread-safe even for searches: StandardGpuResources manages one region of
+    # temporary GPU memory with a single user at a time (FAISS wiki, "Threads and asynchronous calls";
+    # concurrent searches fail with 'p + size == head_' in StackDeviceMemory: faiss issue #321). So
+    # `SlotIndex` gives this storage's searches one turn at a time; successive calls from different threads
+    # are fine (faiss issue #1777).
+    concurrent_search = False
+
     def __init__(
         self, dim: int, *, resources: Any, fp16: bool, device: int = 0, use_cuvs: bool | None = None
     ) -> None:
@@ -112,6 +119,8 @@ class InterleavedStorage:
         self.dim = parts[0].dim
         limits = [p.max_k for p in parts if p.max_k is not None]
         self.max_k: int | None = min(limits) if limits else None
+        # Two overlapping calls would search one part from two pool threads at once.
+        self.concurrent_search = all(p.concurrent_search for p in parts)
         self._pool = ThreadPoolExecutor(len(parts), thread_name_prefix="index-shard")
 
     @property
@@ -165,7 +174,8 @@ class FaissGpuFlatIndex(SlotIndex):
     """`VectorIndex` on a GPU: exact search over `GpuIndexFlatIP` (fp16 storage by default), ids on the host.
 
     Same behaviour as `FaissFlatIndex` (the tests check the shared logic against it on the CPU). One
-    `StandardGpuResources` per shard; pass `resources` to share one with other indexes (single shard).
+    `StandardGpuResources` per shard; pass `resources` to share one with other indexes (single shard), and
+    then do not search them from different threads at once (each index serialises only its own searches).
     """
 
     def __init__(

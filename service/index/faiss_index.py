@@ -11,28 +11,68 @@ import faiss
 import numpy as np
 
 from service.index.base import SearchResult
+from service.index.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)
 
 # FAISS scans the gallery once per query unless a call has at least `distance_compute_blas_threshold`
-# queries (128000 in faiss-cpu 1.15.1), then it uses blocked matrix products. Measured on this 2-core CPU
-# (IndexFlatIP, k=32, one thread): from 4 queries per call the blocked path is 2.9-5x faster (100k: 1,102
-# vs 382 q/s at 4 queries), with 1-3 queries it is slower (1 query: 184 vs 523 q/s). See docs/benchmarks.md.
+# query floats (128000 in faiss-cpu 1.15.1: 1000 queries of 128), then it uses blocked matrix products.
+# Measured on this 2-core CPU (IndexFlatIP, k=32, one thread): from 4 queries per call the blocked path is
+# 2.9-5x faster (100k: 1,102 vs 382 q/s at 4 queries), with 1-3 queries it is slower (1 query: 184 vs 523
+# q/s). See docs/benchmarks.md.
 BLAS_MIN_QUERIES = 4
-# The threshold is one process-wide variable: changing it around a search is done under this lock.
-_blas_threshold_lock = threading.Lock()
 
 
-@contextmanager
-def blocked_search_from(queries: int) -> Iterator[None]:
-    """Let FAISS use its blocked (BLAS) path for calls of `queries` or more, for the duration."""
-    with _blas_threshold_lock:
-        before = faiss.cvar.distance_compute_blas_threshold
-        faiss.cvar.distance_compute_blas_threshold = min(before, queries)
+class _BlasThreshold:
+    """Holds FAISS's process-wide threshold at `BLAS_MIN_QUERIES * dim` while any multi-query search runs.
+
+    FAISS takes the blocked path when `queries * dim >= distance_compute_blas_threshold` (a count of query
+    floats: `Run_search_inner_product` in faiss/utils/distances.cpp). At `BLAS_MIN_QUERIES * dim`, calls of
+    4+ queries take it and calls of 1-3 keep the per-query scan, so a single-query search running beside a
+    lowered window is computed exactly as alone (a threshold of 4, as set before, sent it to the slower
+    blocked path with other rounding: 3.9 vs 1.9 ms at 100k here). That is what lets searches overlap: the
+    first multi-query search to enter lowers it, the last to leave restores FAISS's value, and in between
+    it is not written. Windows for another dimension wait for the current one to close (one dimension per
+    service in practice); a 1-3 query search of an index with a larger dimension than the window's may
+    still be sent to the blocked path by it.
+    """
+
+    def __init__(self) -> None:
+        self._state = threading.Condition(threading.Lock())
+        self._users = 0
+        self._value = 0
+        self._restore_to = 0
+
+    @contextmanager
+    def lowered(self, dim: int) -> Iterator[None]:
+        wanted = BLAS_MIN_QUERIES * dim
+        with self._state:
+            while self._users and self._value != wanted:
+                self._state.wait()
+            if self._users == 0:
+                self._restore_to = faiss.cvar.distance_compute_blas_threshold
+                self._value = wanted
+                faiss.cvar.distance_compute_blas_threshold = min(self._restore_to, wanted)
+            self._users += 1
         try:
             yield
         finally:
-            faiss.cvar.distance_compute_blas_threshold = before
+            with self._state:
+                self._users -= 1
+                if self._users == 0:
+                    faiss.cvar.distance_compute_blas_threshold = self._restore_to
+                    self._state.notify_all()
+
+
+_blas_threshold = _BlasThreshold()
+
+
+def search_flat(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`index.search`, on FAISS's blocked (BLAS) path for calls of `BLAS_MIN_QUERIES` or more queries."""
+    if len(queries) >= BLAS_MIN_QUERIES:
+        with _blas_threshold.lowered(queries.shape[1]):
+            return index.search(queries, k)
+    return index.search(queries, k)
 
 
 def as_ids(ids: np.ndarray) -> np.ndarray:
@@ -77,28 +117,29 @@ def last_occurrences(ids: np.ndarray) -> np.ndarray | None:
 
 
 class FaissFlatIndex:
-    """IndexIDMap2 over IndexFlatIP: exact search, removal by id, thread-safe."""
+    """IndexIDMap2 over IndexFlatIP: exact search, removal by id, thread-safe; searches run concurrently."""
 
     def __init__(self, dim: int, *, search_threads: int = 0) -> None:
         self.dim = dim
         self.search_threads = search_threads
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        # FAISS indexes are not safe for a search concurrent with add/remove.
-        self._lock = threading.RLock()
+        # FAISS CPU indexes allow concurrent searches but nothing concurrent with add/remove/reset
+        # (github.com/facebookresearch/faiss/wiki/Threads-and-asynchronous-calls, "Thread safety").
+        self._lock = ReadWriteLock()
         # No id above this is present (None: empty), so adding larger ids needs no removal first.
         # Database keys grow, so a rebuild and every new enrollment skip `remove_ids`, which scans the
         # whole index (it made a 1M-face rebuild's adds take twice the stock `add_with_ids`).
         self._max_id: int | None = None
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return int(self._index.ntotal)  # one integer read, no lock: not held up behind a rebuild's adds
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         batch = checked_batch(ids, vectors, self.dim)
         if batch is None:
             return
         ids, vectors = batch
-        with self._lock:
+        with self._lock.writing():
             if self._max_id is not None and int(ids.min()) <= self._max_id:
                 self._index.remove_ids(faiss.IDSelectorBatch(ids))
             self._index.add_with_ids(vectors, ids)
@@ -109,7 +150,7 @@ class FaissFlatIndex:
         ids = as_ids(ids)
         if len(ids) == 0:
             return 0
-        with self._lock:
+        with self._lock.writing():
             return int(self._index.remove_ids(faiss.IDSelectorBatch(ids)))
 
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
@@ -119,22 +160,18 @@ class FaissFlatIndex:
             faiss.omp_set_num_threads(self.search_threads)
         if k < 1:
             raise ValueError("k must be at least 1")
-        with self._lock:
+        with self._lock.reading():
             if len(queries) == 0 or self._index.ntotal == 0:
                 shape = (len(queries), k)
                 return SearchResult(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
-            if len(queries) >= BLAS_MIN_QUERIES:
-                with blocked_search_from(BLAS_MIN_QUERIES):
-                    scores, ids = self._index.search(queries, k)
-            else:
-                scores, ids = self._index.search(queries, k)
+            scores, ids = search_flat(self._index, queries, k)
         return SearchResult(scores=scores, ids=ids)
 
     def ids(self) -> np.ndarray:
-        with self._lock:
+        with self._lock.reading():
             return np.sort(faiss.vector_to_array(self._index.id_map).astype(np.int64))
 
     def reset(self) -> None:
-        with self._lock:
+        with self._lock.writing():
             self._index.reset()
             self._max_id = None

@@ -16,19 +16,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
 import faiss
 import numpy as np
 
 from service.index.base import SearchResult
-from service.index.faiss_index import (
-    BLAS_MIN_QUERIES,
-    as_ids,
-    as_vectors,
-    blocked_search_from,
-    checked_batch,
-)
+from service.index.faiss_index import as_ids, as_vectors, checked_batch, search_flat
+from service.index.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +42,8 @@ class FlatStorage(Protocol):
     dim: int
     # The deepest search one call accepts (FAISS GPU k-selection stops at 2048); None means no limit.
     max_k: int | None
+    # Whether `search` and `take` may run from several threads at once (FAISS CPU: yes; GPU: no).
+    concurrent_search: bool
 
     @property
     def ntotal(self) -> int: ...
@@ -66,9 +64,11 @@ class CpuFlatStorage:
 
     max_k: int | None = None
 
-    def __init__(self, dim: int, *, max_k: int | None = None) -> None:
+    def __init__(self, dim: int, *, max_k: int | None = None, concurrent_search: bool = True) -> None:
         self.dim = dim
-        self.max_k = max_k  # a limit can be set to exercise the GPU's deep-search paths on the CPU
+        # A limit, or serialised searches, can be set to exercise the GPU storage's paths on the CPU.
+        self.max_k = max_k
+        self.concurrent_search = concurrent_search
         self._index = faiss.IndexFlatIP(dim)
 
     @property
@@ -79,11 +79,7 @@ class CpuFlatStorage:
         self._index.add(vectors)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        if len(queries) >= BLAS_MIN_QUERIES:  # the same paths as FaissFlatIndex, so the same scores
-            with blocked_search_from(BLAS_MIN_QUERIES):
-                return self._index.search(queries, k)
-        scores, positions = self._index.search(queries, k)
-        return scores, positions
+        return search_flat(self._index, queries, k)  # the same paths as FaissFlatIndex, so the same scores
 
     def take(self, start: int, count: int) -> np.ndarray:
         return self._index.reconstruct_n(start, count)
@@ -122,11 +118,14 @@ class SlotIndex:
         self._slot_of: dict[int, int] = {}
         # Why the index cannot be trusted any more (a partial append); every call refuses until reset().
         self._broken: str | None = None
-        self._lock = threading.RLock()
+        # Searches share it, writes (add, remove, reset, compaction) hold it alone.
+        self._lock = ReadWriteLock()
+        # Serialises the storage's searches when it cannot search from several threads at once (GPU).
+        self._storage_lock = threading.Lock()
         self.compactions = 0  # for tests and logs
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock.reading():
             self._check_usable()
             return len(self._slot_of)
 
@@ -140,7 +139,7 @@ class SlotIndex:
         if batch is None:
             return
         ids, vectors = batch
-        with self._lock:
+        with self._lock.writing():
             self._check_usable()
             start = self._storage.ntotal
             try:
@@ -162,7 +161,7 @@ class SlotIndex:
 
     def remove(self, ids: np.ndarray) -> int:
         ids = as_ids(ids)
-        with self._lock:
+        with self._lock.writing():
             self._check_usable()
             slots = [self._slot_of.pop(key) for key in set(ids.tolist()) if key in self._slot_of]
             self._bury(slots)
@@ -174,19 +173,27 @@ class SlotIndex:
         if k < 1:
             raise ValueError("k must be at least 1")
         shape = (len(queries), k)
-        with self._lock:
-            self._check_usable()
-            if len(queries) == 0 or not self._slot_of:
-                return SearchResult(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
-            return self._search_live(queries, k)
+        while True:
+            with self._lock.reading():
+                self._check_usable()
+                if len(queries) == 0 or not self._slot_of:
+                    return SearchResult(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
+                result = self._search_live(queries, k)
+            if result is not None:
+                return result
+            # Tombstones crowded the deepest search the storage allows: drop them (a write, so outside the
+            # read side) and search again. Writes between the two are seen, as by any later search.
+            with self._lock.writing():
+                self._check_usable()
+                self._compact()
 
     def ids(self) -> np.ndarray:
-        with self._lock:
+        with self._lock.reading():
             self._check_usable()
             return np.sort(np.fromiter(self._slot_of, dtype=np.int64, count=len(self._slot_of)))
 
     def reset(self) -> None:
-        with self._lock:
+        with self._lock.writing():
             self._storage.clear()
             self._slot_ids = np.empty(0, np.int64)
             self._slot_of = {}
@@ -194,26 +201,37 @@ class SlotIndex:
 
     def compact(self) -> None:
         """Copy the live vectors, in order, into a fresh storage and drop the tombstones."""
-        with self._lock:
+        with self._lock.writing():
             self._check_usable()
-            if self.tombstones == 0:
-                return
-            total = self._storage.ntotal
-            fresh = self._new_storage()
-            for start in range(0, total, self._chunk):
-                count = min(self._chunk, total - start)
-                live = self._slot_ids[start : start + count] >= 0
-                if live.any():
-                    fresh.append(np.ascontiguousarray(self._storage.take(start, count)[live]))
-            live_ids = self._slot_ids[:total][self._slot_ids[:total] >= 0]
-            self._storage.clear()
-            self._storage = fresh
-            self._slot_ids = live_ids.copy()
-            self._slot_of = dict(zip(live_ids.tolist(), range(len(live_ids)), strict=True))
-            self.compactions += 1
-            log.debug("index compacted: %d vectors kept of %d", len(live_ids), total)
+            self._compact()
 
-    # --- inside the lock ------------------------------------------------------------------------------
+    # --- inside the lock (the write side where they change anything) -----------------------------------
+
+    def _compact(self) -> None:
+        if self.tombstones == 0:
+            return
+        total = self._storage.ntotal
+        fresh = self._new_storage()
+        for start in range(0, total, self._chunk):
+            count = min(self._chunk, total - start)
+            live = self._slot_ids[start : start + count] >= 0
+            if live.any():
+                fresh.append(np.ascontiguousarray(self._storage.take(start, count)[live]))
+        live_ids = self._slot_ids[:total][self._slot_ids[:total] >= 0]
+        self._storage.clear()
+        self._storage = fresh
+        self._slot_ids = live_ids.copy()
+        self._slot_of = dict(zip(live_ids.tolist(), range(len(live_ids)), strict=True))
+        self.compactions += 1
+        log.debug("index compacted: %d vectors kept of %d", len(live_ids), total)
+
+    def _storage_turn(self) -> AbstractContextManager[object]:
+        """Around a storage call made on the read side: a turn of its own unless it allows concurrent ones.
+
+        GPU storages do not (StandardGpuResources serves one calling thread at a time: FAISS wiki, "Threads
+        and asynchronous calls"; faiss issues #367, #321). The write side excludes every reader already.
+        """
+        return nullcontext() if self._storage.concurrent_search else self._storage_lock
 
     def _check_usable(self) -> None:
         if self._broken is not None:
@@ -236,13 +254,15 @@ class SlotIndex:
         stored, tombstones = self._storage.ntotal, self.tombstones
         if tombstones > self._compact_min and tombstones > self._compact_fraction * stored:
             try:
-                self.compact()
+                self._compact()
             except Exception:
                 # Compaction only saves scan time, and the add or remove that called it is already done
                 # (its caller must not see it fail); the old storage is untouched, the next call tries again.
                 log.warning("index compaction failed; keeping %d tombstones", tombstones, exc_info=True)
 
-    def _search_live(self, queries: np.ndarray, k: int) -> SearchResult:
+    def _search_live(self, queries: np.ndarray, k: int) -> SearchResult | None:
+        """The exact top k, or None when tombstones crowd out live results at the storage's deepest search
+        (the caller compacts and asks again)."""
         stored = self._storage.ntotal
         # Every tombstone could outrank every live vector, so k + tombstones is always deep enough. But a
         # deep search costs (GPU k-selection slows with k) and tombstones rarely crowd one query's top, so
@@ -252,17 +272,19 @@ class SlotIndex:
         shallow = min(full, 2 * k + 16)
         limit = self._storage.max_k
         if shallow < full and (limit is None or shallow <= limit):
-            result, complete = self._to_ids(*self._storage.search(queries, shallow), k)
+            with self._storage_turn():
+                found = self._storage.search(queries, shallow)
+            result, complete = self._to_ids(*found, k)
             if complete:
                 return result
         depth = full if limit is None else min(full, limit)
-        result, complete = self._to_ids(*self._storage.search(queries, depth), k)
+        with self._storage_turn():
+            found = self._storage.search(queries, depth)
+        result, complete = self._to_ids(*found, k)
         if complete or depth == full:
             return result
         if tombstones > 0:
-            # Tombstones crowded the deepest search the storage allows: drop them and try again.
-            self.compact()
-            return self._search_live(queries, k)
+            return None
         return self._search_beyond_limit(queries, k)
 
     def _to_ids(self, scores: np.ndarray, positions: np.ndarray, k: int) -> tuple[SearchResult, bool]:
@@ -298,7 +320,9 @@ class SlotIndex:
         for start in range(0, total, self._chunk):
             count = min(self._chunk, total - start)
             scan = faiss.IndexFlatIP(self.dim)
-            scan.add(self._storage.take(start, count))
+            with self._storage_turn():
+                vectors = self._storage.take(start, count)
+            scan.add(vectors)
             scores, positions = scan.search(queries, min(k, count))
             live = positions >= 0
             heap.add_result(

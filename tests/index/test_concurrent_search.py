@@ -1,0 +1,252 @@
+"""Searches run side by side in both indexes; writes wait for them; GPU-like storages search one at a time."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+import pytest
+
+from service.index import CpuFlatStorage, FaissFlatIndex, SlotIndex, VectorIndex
+from service.index.faiss_gpu import InterleavedStorage
+from service.index.faiss_index import BLAS_MIN_QUERIES, _BlasThreshold
+from service.pipeline.embed import l2_normalize
+
+DIM = 64
+WAIT_S = 10.0
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    return l2_normalize(np.random.default_rng(seed).normal(size=(n, DIM))).astype(np.float32)
+
+
+def _slot_index(storage: Callable[[], CpuFlatStorage | InterleavedStorage] | None = None) -> SlotIndex:
+    make = storage or (lambda: CpuFlatStorage(DIM))
+    return SlotIndex(make(), new_storage=make)
+
+
+INDEXES: dict[str, Callable[[], VectorIndex]] = {
+    "faiss_flat": lambda: FaissFlatIndex(DIM, search_threads=1),
+    "slot_over_cpu": _slot_index,
+    "slot_over_two_parts": lambda: _slot_index(
+        lambda: InterleavedStorage([CpuFlatStorage(DIM), CpuFlatStorage(DIM)])
+    ),
+}
+
+
+def _then(action: Callable[[], object], done: threading.Event) -> None:
+    action()
+    done.set()
+
+
+def _run_threads(work: Callable[[int], None], count: int) -> None:
+    errors: list[BaseException] = []
+
+    def guarded(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck"
+    if errors:
+        raise errors[0]
+
+
+@pytest.mark.parametrize("make_index", INDEXES.values(), ids=INDEXES.keys())
+def test_concurrent_one_and_eight_query_searches_give_exactly_the_serial_results(
+    make_index: Callable[[], VectorIndex],
+) -> None:
+    index = make_index()
+    index.add(np.arange(20_000), _vectors(20_000))
+    queries = _vectors(64, seed=7)
+    calls = [queries[i : i + 1] for i in range(16)] + [queries[i : i + 8] for i in range(16, 64, 8)]
+    # One OpenMP thread everywhere: with more, FAISS splits a single query's scan over the gallery
+    # (another summation order), and only FaissFlatIndex sets the count itself.
+    threads_before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        serial = [index.search(call, 10) for call in calls]
+    finally:
+        faiss.omp_set_num_threads(threads_before)
+    threshold = faiss.cvar.distance_compute_blas_threshold
+
+    def search_in_random_order(seed: int) -> None:
+        faiss.omp_set_num_threads(1)
+        rng = random.Random(seed)
+        for _ in range(60):
+            n = rng.randrange(len(calls))
+            got = index.search(calls[n], 10)
+            assert np.array_equal(got.ids, serial[n].ids), f"call {n} ({len(calls[n])} queries)"
+            assert np.array_equal(got.scores, serial[n].scores), f"call {n} ({len(calls[n])} queries)"
+
+    _run_threads(search_in_random_order, 4)
+    assert faiss.cvar.distance_compute_blas_threshold == threshold  # FAISS's default is back
+
+
+def test_the_blas_threshold_stays_lowered_until_the_last_overlapping_search_leaves() -> None:
+    default = faiss.cvar.distance_compute_blas_threshold
+    shared = _BlasThreshold()
+    first, second = shared.lowered(DIM), shared.lowered(DIM)
+    first.__enter__()
+    assert faiss.cvar.distance_compute_blas_threshold == BLAS_MIN_QUERIES * DIM
+    second.__enter__()
+    first.__exit__(None, None, None)
+    # A search still inside must keep the blocked path it started on, whoever entered first.
+    assert faiss.cvar.distance_compute_blas_threshold == BLAS_MIN_QUERIES * DIM
+    second.__exit__(None, None, None)
+    assert faiss.cvar.distance_compute_blas_threshold == default
+
+
+def test_the_blas_threshold_is_restored_when_a_search_raises() -> None:
+    default = faiss.cvar.distance_compute_blas_threshold
+    with pytest.raises(KeyError), _BlasThreshold().lowered(DIM):
+        raise KeyError("boom")
+    assert faiss.cvar.distance_compute_blas_threshold == default
+
+
+def test_a_window_for_another_dimension_waits_for_the_open_one_to_close() -> None:
+    shared = _BlasThreshold()
+    entered = threading.Event()
+
+    def other_dimension() -> None:
+        with shared.lowered(2 * DIM):
+            assert faiss.cvar.distance_compute_blas_threshold == BLAS_MIN_QUERIES * 2 * DIM
+            entered.set()
+
+    with shared.lowered(DIM):
+        thread = threading.Thread(target=other_dimension)
+        thread.start()
+        assert not entered.wait(0.2)
+    assert entered.wait(WAIT_S)
+    thread.join(WAIT_S)
+
+
+def test_single_queries_are_computed_alike_whether_or_not_a_multi_query_window_is_open() -> None:
+    index = FaissFlatIndex(DIM, search_threads=1)
+    index.add(np.arange(20_000), _vectors(20_000))
+    queries = _vectors(3, seed=7)
+    alone = [index.search(queries[: n + 1], 10) for n in range(3)]
+    with _BlasThreshold().lowered(DIM):  # as while another thread's 8-query search runs
+        beside = [index.search(queries[: n + 1], 10) for n in range(3)]
+    for one, other in zip(alone, beside, strict=True):
+        assert np.array_equal(one.scores, other.scores) and np.array_equal(one.ids, other.ids)
+
+
+@pytest.mark.parametrize("make_index", INDEXES.values(), ids=INDEXES.keys())
+def test_a_search_goes_ahead_while_another_search_is_inside(make_index: Callable[[], VectorIndex]) -> None:
+    index = make_index()
+    index.add(np.arange(100), _vectors(100))
+    searched = threading.Event()
+    # Stands for a search in flight in another thread: the read side the index's searches take.
+    with index._lock.reading():  # type: ignore[attr-defined]
+        thread = threading.Thread(target=_then, args=(lambda: index.search(_vectors(1), 3), searched))
+        thread.start()
+        assert searched.wait(WAIT_S)
+    thread.join(WAIT_S)
+
+
+@pytest.mark.parametrize("make_index", INDEXES.values(), ids=INDEXES.keys())
+@pytest.mark.parametrize("write", ["add", "remove", "reset"])
+def test_writes_wait_for_the_searches_inside(make_index: Callable[[], VectorIndex], write: str) -> None:
+    index = make_index()
+    index.add(np.arange(100), _vectors(100))
+    calls: dict[str, Callable[[], object]] = {
+        "add": lambda: index.add(np.array([500]), _vectors(1, seed=3)),
+        "remove": lambda: index.remove(np.array([5])),
+        "reset": index.reset,
+    }
+    written = threading.Event()
+    with index._lock.reading():  # type: ignore[attr-defined]
+        thread = threading.Thread(target=_then, args=(calls[write], written))
+        thread.start()
+        assert not written.wait(0.2)
+    assert written.wait(WAIT_S)
+    thread.join(WAIT_S)
+
+
+class _WatchedStorage(CpuFlatStorage):
+    """A CPU storage that records how many of its searches run at once (each lingers a little)."""
+
+    def __init__(self, *, concurrent_search: bool) -> None:
+        super().__init__(DIM, concurrent_search=concurrent_search)
+        self.inside = 0
+        self.most_inside = 0
+        self._count = threading.Lock()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        with self._count:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            time.sleep(0.01)
+            return super().search(queries, k)
+        finally:
+            with self._count:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("concurrent_search", [False, True])
+def test_a_storage_that_cannot_search_concurrently_gets_one_search_at_a_time(concurrent_search: bool) -> None:
+    storage = _WatchedStorage(concurrent_search=concurrent_search)
+    index = SlotIndex(storage, new_storage=lambda: _WatchedStorage(concurrent_search=concurrent_search))
+    index.add(np.arange(200), _vectors(200))
+    queries = _vectors(8, seed=2)
+    expected = index.search(queries, 5)
+
+    def search(i: int) -> None:
+        for _ in range(10):
+            got = index.search(queries, 5)
+            assert np.array_equal(got.ids, expected.ids)
+
+    _run_threads(search, 4)
+    if concurrent_search:
+        assert storage.most_inside > 1  # CPU storages do search side by side (else this test proves nothing)
+    else:
+        assert storage.most_inside == 1
+
+
+def test_interleaved_parts_search_concurrently_only_if_every_part_can() -> None:
+    cpu = CpuFlatStorage(DIM)
+    serial = CpuFlatStorage(DIM, concurrent_search=False)
+    assert InterleavedStorage([cpu, CpuFlatStorage(DIM)]).concurrent_search
+    assert not InterleavedStorage([cpu, serial]).concurrent_search
+
+
+def test_concurrent_adds_removes_and_searches_leave_the_flat_index_consistent() -> None:
+    index = FaissFlatIndex(DIM, search_threads=1)
+    fresh = {offset: _vectors(200, seed=offset + 1) for offset in (0, 1000)}
+    last_written: dict[int, np.ndarray] = {}
+    probes = _vectors(64, seed=9)
+    seen: set[int] = set()
+
+    def work(i: int) -> None:
+        if i < 2:  # two writers, each owning its keys
+            offset = 1000 * i
+            for n in range(200):
+                key = offset + n % 32
+                index.add(np.array([key]), fresh[offset][n][None, :])
+                last_written[key] = fresh[offset][n]
+                if n % 3 == 0:
+                    index.remove(np.array([offset + (n * 7) % 32]))
+        else:
+            for n in range(200):
+                calls = probes[n % 64 : n % 64 + (1 if n % 2 else 8)]
+                seen.update(index.search(calls, 5).ids.ravel().tolist())
+
+    _run_threads(work, 4)
+    assert seen <= {-1} | set(range(32)) | set(range(1000, 1032))
+    live = index.ids()
+    assert len(live) == len(index) == len(set(live.tolist()))
+    for key in live.tolist():
+        result = index.search(last_written[key][None, :], 1)
+        assert result.ids[0, 0] == key
