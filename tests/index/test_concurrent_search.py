@@ -35,6 +35,8 @@ INDEXES: dict[str, Callable[[], VectorIndex]] = {
     "slot_over_two_parts": lambda: _slot_index(
         lambda: InterleavedStorage([CpuFlatStorage(DIM), CpuFlatStorage(DIM)])
     ),
+    # k = 10 beyond the storage's limit: every search is the host scan of `_search_beyond_limit`.
+    "slot_k_limit_4": lambda: _slot_index(lambda: CpuFlatStorage(DIM, max_k=4)),
 }
 
 
