@@ -2,7 +2,8 @@
 
 Synthetic unit vectors (d=128) fill the gallery. For each gallery size: p50 latency of one query and
 throughput at 1024 queries per call; on the CPU also FAISS OpenMP threads 1 vs all cores (the service's
-`search_threads`, default 1) and concurrent single-query searchers (our index holds a lock around search).
+`search_threads`, default 1) and concurrent single-query searchers (our searches share a readers-writer
+lock).
 
 With `--device cuda`, "ours" is the service's GPU index (`FaissGpuFlatIndex`, fp16 per `index_fp16`) and,
 from 1M up, `_gpu_variants` measures what could close the gap to the memory floor (docs/benchmarks.md,
@@ -415,7 +416,7 @@ def _worker_thread(
 def _concurrency(
     ctx: Context, name: str, n: int, ours: Any, stock: Any, queries: np.ndarray, setting: int
 ) -> None:
-    """Single queries from one thread per core at once: our index (it locks search) beside stock FAISS."""
+    """Single queries from one thread per core at once: our index (shared read lock) beside stock FAISS."""
     workers = max(2, os.cpu_count() or 1)
     seconds = 1.0 if ctx.quick else 4.0
 
