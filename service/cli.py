@@ -16,6 +16,7 @@ from service.config import Settings
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from service.runtime import LoadedModels
     from service.storage.tables import ApiKey
 
 
@@ -59,8 +60,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if conflict is not None:
         print(f"error: refusing to serve: {conflict}", file=sys.stderr)
         return 2
+    models, problem = _load_for_serving(settings)
+    if problem is not None:
+        print(f"error: refusing to serve: {problem}", file=sys.stderr)
+        return 2
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, models=models),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -141,6 +146,33 @@ def _database_view(settings: Settings) -> tuple[str | None, dict[str, int] | Non
     if active is None:
         return None, counts, "no active embedder recorded yet (the first start records FACEBANK_EMBEDDER's)"
     return active, counts, f"active embedder {active} (* marks the active models)"
+
+
+def _load_for_serving(settings: Settings) -> tuple[LoadedModels | None, str | None]:
+    """The models the app will run (the database's active embedder) and the GPU index check, done before
+    uvicorn so that a wrong setting reads as one line rather than a traceback from inside its lifespan."""
+    from service.active_model import EmbedderChoiceError, available_name
+    from service.index import gpu_unavailable_reason
+    from service.runtime import ModelLoadError, load_models
+    from service.storage import service_settings
+
+    if settings.device == "cuda" and (reason := gpu_unavailable_reason()) is not None:
+        return None, f"FACEBANK_DEVICE=cuda but the vector index cannot use a GPU: {reason}"
+    with _database(settings) as session:
+        active = service_settings.active_embedder(session)
+    try:
+        embedder = available_name(settings, active) if active else settings.embedder
+        models = load_models(
+            settings.model_dir,
+            detector=settings.detector,
+            embedder=embedder,
+            device=settings.device,
+            threads=settings.intra_op_threads,
+            precision=settings.embedder_precision,
+        )
+    except (ModelLoadError, EmbedderChoiceError) as exc:
+        return None, str(exc)
+    return models, None
 
 
 def _embedder_conflict(settings: Settings) -> str | None:

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,31 @@ def test_models_prune_needs_a_model_tag_and_use_needs_a_name() -> None:
         assert info.value.code == 2
     args = build_parser().parse_args(["models", "prune", "--model", "old@1", "--yes"])
     assert (args.model, args.yes) == ("old@1", True)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "says"),
+    [
+        ("FACEBANK_EMBEDDER_PRECISION", "fp16", "fp16 runs only on the CUDA provider"),
+        ("FACEBANK_DEVICE", "cuda", "FACEBANK_DEVICE=cuda"),
+        ("FACEBANK_EMBEDDER", "no-such-model", "no-such-model"),
+    ],
+)
+def test_serve_refuses_a_setting_it_cannot_run_in_one_line_before_starting_the_server(
+    setting: str,
+    value: str,
+    says: str,
+    model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from service.cli import main as facebank
+
+    monkeypatch.setenv("FACEBANK_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("FACEBANK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv(setting, value)
+    assert facebank(["serve", "--port", "1"]) == 2  # port 1: were it to start, binding would fail loudly
+    error = capsys.readouterr().err
+    assert error.startswith("error: refusing to serve: ") and says in error
+    assert "Traceback" not in error
