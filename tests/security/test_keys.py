@@ -140,13 +140,14 @@ def test_keys_commands_create_list_and_revoke(
 
 
 def test_serve_refuses_a_public_address_while_no_key_exists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import uvicorn
 
     started = threading.Event()
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: started.set())
     monkeypatch.setenv("FACEBANK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FACEBANK_MODEL_DIR", str(model_dir))  # serve loads the models before uvicorn starts
     monkeypatch.delenv("FACEBANK_DATABASE_URL", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 2
     assert "facebank keys create" in capsys.readouterr().err and not started.is_set()
