@@ -13,19 +13,8 @@ from pathlib import Path
 
 import httpx
 
-
-def people_with_two_photos(lfw: Path, count: int) -> list[str]:
-    names = sorted(p.name for p in lfw.iterdir() if p.is_dir())
-    return [n for n in names if (lfw / n / f"{n}_0002.jpg").is_file()][:count]
-
-
-def server_timing(header: str) -> dict[str, float]:
-    stages = {}
-    for part in header.split(","):
-        name, _, duration = part.strip().partition(";dur=")
-        if duration:
-            stages[name] = float(duration)
-    return stages
+from bench.data import lfw_people_with_two_photos
+from bench.server import server_timing
 
 
 def main() -> None:
@@ -37,7 +26,7 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=100)
     args = parser.parse_args()
 
-    names = people_with_two_photos(args.lfw, args.people)
+    names = lfw_people_with_two_photos(args.lfw, args.people)
     client = httpx.Client(base_url=args.url, timeout=60)
     ids: dict[str, str] = {}
     enroll_failures = []
