@@ -3,15 +3,12 @@
 The server is the local one (127.0.0.1:5432, trust auth) unless FACEBANK_TEST_POSTGRES_URL names another
 maintenance database. Usage from any test suite:
 
-    from tests._db import PostgresUnavailable, postgres_database
+    from tests._db import postgres_or_skip
 
     @pytest.fixture(scope="session")
     def postgres_url() -> Iterator[str]:
-        try:
-            with postgres_database() as url:   # a fresh database with a random name
-                yield url                      # "postgresql+psycopg://postgres@127.0.0.1:5432/facebank_test_..."
-        except PostgresUnavailable as exc:     # dropped again on exit
-            pytest.skip(str(exc))
+        yield from postgres_or_skip()  # a fresh database with a random name, dropped again on exit;
+                                       # the test skips, saying why, when PostgreSQL is not reachable
 
 `make_postgres_url()` / `drop_postgres_database(url)` are the same thing as two plain calls.
 """
@@ -79,3 +76,14 @@ def postgres_database(*, admin_url: str = ADMIN_URL, prefix: str = "facebank_tes
         yield url
     finally:
         drop_postgres_database(url, admin_url=admin_url)
+
+
+def postgres_or_skip() -> Iterator[str]:
+    """For a fixture to `yield from`: a fresh database's URL, dropped afterwards; skips without a server."""
+    import pytest
+
+    try:
+        with postgres_database() as url:
+            yield url
+    except PostgresUnavailable as exc:
+        pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._db import PostgresUnavailable, postgres_database
+from tests._db import postgres_or_skip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACEBANK_SHARED_DIR", REPO_ROOT.parent / "shared"))
@@ -48,8 +48,4 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def fresh_postgres_url() -> Iterator[str]:
     """An empty, never-migrated PostgreSQL database for one test."""
-    try:
-        with postgres_database() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")
+    yield from postgres_or_skip()

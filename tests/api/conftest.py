@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.config import Settings
-from tests._db import PostgresUnavailable, postgres_database
+from tests._db import postgres_or_skip
 
 # Every table the app writes, children first, to empty a shared PostgreSQL database between modules.
 APP_TABLES = ("audit_events", "api_keys", "faces", "identities", "service_settings")
@@ -22,11 +22,8 @@ APP_TABLES = ("audit_events", "api_keys", "faces", "identities", "service_settin
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    try:
-        with postgres_database() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
+    """This suite's PostgreSQL database, shared by its modules (each empties it when done)."""
+    yield from postgres_or_skip()
 
 
 def empty_database(database_url: str) -> None:

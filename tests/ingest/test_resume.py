@@ -8,13 +8,11 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.config import Settings
-from tests._db import PostgresUnavailable, postgres_database
 from tests.ingest._helpers import (
     identities_without_faces,
     identity_names,
@@ -113,24 +111,15 @@ def test_ctrl_c_finishes_the_photos_in_flight_reports_them_and_exits_130(
     assert stored_faces(settings.resolved_database_url) == reference["faces"]
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    try:
-        with postgres_database() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.mark.postgres
 def test_two_processes_ingesting_one_folder_into_postgres_at_once_store_each_photo_once(
-    gallery: Path, model_dir: Path, reference: dict, tmp_path: Path, postgres_url: str
+    gallery: Path, model_dir: Path, reference: dict, tmp_path: Path, fresh_postgres_url: str
 ) -> None:
-    settings = Settings(data_dir=tmp_path / "data", model_dir=model_dir, database_url=postgres_url)
+    settings = Settings(data_dir=tmp_path / "data", model_dir=model_dir, database_url=fresh_postgres_url)
     processes = [start_ingest([str(gallery), "--workers", "1"], settings) for _ in range(2)]
     for process in processes:
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
 
-    assert stored_faces(postgres_url) == reference["faces"]
-    assert identity_names(postgres_url) == reference["identities"], "no identity was created twice"
+    assert stored_faces(fresh_postgres_url) == reference["faces"]
+    assert identity_names(fresh_postgres_url) == reference["identities"], "no identity was created twice"

@@ -23,7 +23,7 @@ from service.storage import service_settings
 from service.storage.engine import make_engine, make_session_factory
 from service.storage.migrate import upgrade_to_head
 from service.storage.tables import Identity
-from tests._db import PostgresUnavailable, postgres_database
+from tests._db import postgres_or_skip
 from tests.ingest._helpers import stored_faces
 
 MODEL = "test@1"
@@ -34,11 +34,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'facebank.db'}"
         return
-    try:
-        with postgres_database() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(str(exc))
+    yield from postgres_or_skip()
 
 
 @pytest.fixture

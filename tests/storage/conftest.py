@@ -9,7 +9,7 @@ from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session
 
 from service.storage import Face, Identity, make_engine, make_session_factory, upgrade_to_head
-from tests._db import PostgresUnavailable, postgres_database
+from tests._db import postgres_or_skip
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -20,11 +20,7 @@ BACKENDS = [
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database (random name) for this test session, dropped at the end."""
-    try:
-        with postgres_database() as url:
-            yield url
-    except PostgresUnavailable as exc:
-        pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")
+    yield from postgres_or_skip()
 
 
 @pytest.fixture(scope="session")
