@@ -54,12 +54,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                     file=sys.stderr,
                 )
                 return 2
-    # Which embedder: the database's choice (the app checks again at start); a clear message beats a
-    # traceback from inside uvicorn's lifespan.
-    conflict = _embedder_conflict(settings)
-    if conflict is not None:
-        print(f"error: refusing to serve: {conflict}", file=sys.stderr)
-        return 2
     models, problem = _load_for_serving(settings)
     if problem is not None:
         print(f"error: refusing to serve: {problem}", file=sys.stderr)
@@ -149,18 +143,30 @@ def _database_view(settings: Settings) -> tuple[str | None, dict[str, int] | Non
 
 
 def _load_for_serving(settings: Settings) -> tuple[LoadedModels | None, str | None]:
-    """The models the app will run (the database's active embedder) and the GPU index check, done before
-    uvicorn so that a wrong setting reads as one line rather than a traceback from inside its lifespan."""
-    from service.active_model import EmbedderChoiceError, available_name
+    """The models the app will run (the database's active embedder, refusing a FACEBANK_EMBEDDER that
+    disagrees) and the GPU index check, done before uvicorn: a wrong setting then reads as one line rather
+    than a traceback from inside its lifespan. The app checks the embedder again at start; nothing is
+    written here."""
+    from service.active_model import (
+        EmbedderChoiceError,
+        available_name,
+        configured_tag,
+        conflict_message,
+        embedder_set_explicitly,
+    )
     from service.index import gpu_unavailable_reason
     from service.runtime import ModelLoadError, load_models
     from service.storage import service_settings
 
-    if settings.device == "cuda" and (reason := gpu_unavailable_reason()) is not None:
-        return None, f"FACEBANK_DEVICE=cuda but the vector index cannot use a GPU: {reason}"
     with _database(settings) as session:
         active = service_settings.active_embedder(session)
     try:
+        if active is not None and embedder_set_explicitly(settings):
+            configured = configured_tag(settings)
+            if configured != active:
+                return None, conflict_message(settings, configured, active)
+        if settings.device == "cuda" and (reason := gpu_unavailable_reason()) is not None:
+            return None, f"FACEBANK_DEVICE=cuda but the vector index cannot use a GPU: {reason}"
         embedder = available_name(settings, active) if active else settings.embedder
         models = load_models(
             settings.model_dir,
@@ -173,31 +179,6 @@ def _load_for_serving(settings: Settings) -> tuple[LoadedModels | None, str | No
     except (ModelLoadError, EmbedderChoiceError) as exc:
         return None, str(exc)
     return models, None
-
-
-def _embedder_conflict(settings: Settings) -> str | None:
-    """Why the configured embedder cannot start on this database, or None (nothing is written)."""
-    from service.active_model import (
-        EmbedderChoiceError,
-        ModelLoadError,
-        available_name,
-        configured_tag,
-        conflict_message,
-        embedder_set_explicitly,
-    )
-    from service.storage import service_settings
-
-    with _database(settings) as session:
-        active = service_settings.active_embedder(session)
-    try:
-        if active is None:
-            return None
-        if embedder_set_explicitly(settings) and (configured := configured_tag(settings)) != active:
-            return conflict_message(settings, configured, active)
-        available_name(settings, active)
-    except (EmbedderChoiceError, ModelLoadError) as exc:
-        return str(exc)
-    return None
 
 
 def _models_use(args: argparse.Namespace, settings: Settings) -> int:

@@ -165,7 +165,7 @@ class MicroBatcher(Generic[In, Out]):
         # kind, leaves a caller asleep.
         cause: BaseException | None = None
         outcomes: list[tuple[Out | None, BaseException | None]] = []
-        alone_times: list[StageTimes | None] = [None] * len(batch)
+        alone_times = [StageTimes() for _ in batch]  # stays empty unless the items are run one by one
         try:
             try:
                 outcomes = self._call([w.item for w in batch], times)
@@ -177,7 +177,6 @@ class MicroBatcher(Generic[In, Out]):
                 else:
                     # One bad item (a photo the aligner or the detector chokes on) must not fail the others:
                     # run each alone, once, so that only its culprit gets an error.
-                    alone_times = [StageTimes() for _ in batch]
                     outcomes = [self._run_alone(w.item, t) for w, t in zip(batch, alone_times, strict=True)]
         finally:
             if len(outcomes) != len(batch):  # one error object per caller: each raises it in its own thread
@@ -190,7 +189,7 @@ class MicroBatcher(Generic[In, Out]):
                 self._stats.failed_alone += sum(isinstance(error, ItemFailed) for _, error in outcomes)
             for waiting, (result, error), own in zip(batch, outcomes, alone_times, strict=True):
                 if waiting.times is not None:
-                    for spent in (times, own or StageTimes()):
+                    for spent in (times, own):
                         for stage, seconds in spent.seconds.items():
                             waiting.times.seconds[stage] = waiting.times.seconds.get(stage, 0.0) + seconds
                 waiting.finish(result, error)
