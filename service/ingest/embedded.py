@@ -164,8 +164,8 @@ class EmbedderSwitched(RuntimeError):
 
 def _check_still_active(session: Session, model: str) -> None:
     # Read under the writers' lock, so a batch is never stored under a model that is no longer searched.
-    active = service_settings.active_embedder(session, lock=True)
-    if active not in (None, model):
+    active = service_settings.switched_away_from(session, model, lock=True)
+    if active is not None:
         raise EmbedderSwitched(
             f"the active embedder changed to {active} during this ingest (it embeds with {model}); "
             "nothing more is stored: run the ingest again to enroll the rest with the new model"

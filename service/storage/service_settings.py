@@ -55,6 +55,13 @@ def active_embedder(session: Session, *, lock: bool = False) -> str | None:
     return get_value(session, key=ACTIVE_EMBEDDER, lock=lock)
 
 
+def switched_away_from(session: Session, tag: str, *, lock: bool = False) -> str | None:
+    """The active embedder when it is no longer `tag` (after `facebank models use`); None while `tag` is
+    still the one, or no choice is recorded yet. `lock` as in :func:`active_embedder`."""
+    active = active_embedder(session, lock=lock)
+    return None if active in (None, tag) else active
+
+
 def set_active_embedder(session: Session, *, tag: str) -> str | None:
     """Make `tag` the active embedder; returns the one it replaces (None if none was recorded)."""
     return put_value(session, key=ACTIVE_EMBEDDER, value=tag)

@@ -31,13 +31,13 @@ def readyz(state: State) -> JSONResponse:
             session.execute(text("SELECT 1"))
             sql_faces = repo.count_faces(session, model=state.embedder_tag)
             all_faces = repo.count_faces(session)
-            active = service_settings.active_embedder(session)
+            switched_to = service_settings.switched_away_from(session, state.embedder_tag)
         checks["database"] = True
         checks["index_in_step"] = sql_faces == len(state.gallery.index)
         checks["faces"] = sql_faces
         checks["embedder"] = state.embedder_tag
-        checks["embedder_active"] = active in (None, state.embedder_tag)
-        checks["restart_needed"] = not checks["embedder_active"]
+        checks["embedder_active"] = switched_to is None
+        checks["restart_needed"] = switched_to is not None
         checks["other_model_faces"] = all_faces - sql_faces
     except Exception as exc:  # any DB failure means not ready, whatever its type
         checks["database"] = False

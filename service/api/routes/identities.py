@@ -138,8 +138,8 @@ def enroll_face(
         (embedded,) = state.pipeline.embed_faces(picture, [largest], times)
     try:
         with times.stage("store"):
-            active = service_settings.active_embedder(db, lock=True)
-            if active not in (None, state.embedder_tag):
+            active = service_settings.switched_away_from(db, state.embedder_tag, lock=True)
+            if active is not None:
                 # After `facebank models use`, a server not yet restarted would store faces nobody searches.
                 raise APIError(
                     503,
