@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"
+
+    api_key: SecretStr | None = Field(
+        default=None, description="Key that client commands (ingest --url, doctor --server) send to a server."
+    )
 
     @field_validator("data_dir", "model_dir", mode="after")
     @classmethod

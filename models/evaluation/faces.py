@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from models.manifest import ManifestError, load_manifest
 from service.pipeline import FacePipeline, ImageDecodeError, decode_image
+from service.runtime.manifest import ManifestError, load_manifest
 from service.schemas import DetectedFace
 
 if TYPE_CHECKING:

@@ -116,7 +116,7 @@ def run_remote(
 
 def _alignment_template(settings: Settings) -> tuple[np.ndarray, tuple[int, int]]:
     """The embedder's five-point template, for the blur gate on the aligned crop (no model is loaded)."""
-    from models.manifest import PROJECT_MANIFEST, load_manifest
+    from service.runtime.manifest import PROJECT_MANIFEST, load_manifest
     from service.runtime.models import embedder_config
 
     prepared = settings.model_dir / "manifest.toml"

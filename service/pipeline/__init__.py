@@ -12,8 +12,9 @@ from PIL import Image
 
 from service.pipeline.align import align_face
 from service.pipeline.decode import ImageDecodeError, decode_image
-from service.pipeline.detect import Detector, DetectorConfig
-from service.pipeline.embed import Embedder, EmbedderConfig, l2_normalize
+from service.pipeline.detect import Detector
+from service.pipeline.embed import Embedder, l2_normalize
+from service.runtime.stages import DetectorConfig, EmbedderConfig
 from service.schemas import DetectedFace, EmbeddedFace
 
 __all__ = [

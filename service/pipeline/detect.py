@@ -4,35 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
+from service.runtime.stages import DetectorConfig, OnnxSession
 from service.schemas import DetectedFace
 
 # Images per detector call within one shape group: at 640 px a call's input is 8 x 3 x 640 x 640 floats
 # (~40 MB) and its activations many times that, where an uncapped group of 256 would need gigabytes.
 DETECT_BATCH = 8
-
-
-@dataclass(frozen=True, slots=True)
-class DetectorConfig:
-    min_sizes: tuple[tuple[int, ...], ...]
-    steps: tuple[int, ...]
-    variances: tuple[float, float]
-    mean: tuple[float, float, float]  # pixel units, in channel_order
-    std: tuple[float, float, float]
-    channel_order: str  # "RGB" or "BGR"
-    score_threshold: float = 0.5
-    nms_threshold: float = 0.4
-    max_side: int = 640
-
-
-class OnnxSession(Protocol):
-    def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 @lru_cache(maxsize=64)
