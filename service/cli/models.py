@@ -161,7 +161,7 @@ def _models_prune(args: argparse.Namespace, settings: Settings) -> int:
             return fail(f"cannot tell the active embedder: {exc}")
         if model == active:
             return fail(f"{model} is the active embedder; switch first (`facebank models use NAME`)")
-        keys = integrity.face_keys_of_model(session, model=model)
+        keys = repo.face_keys_of_model(session, model=model)
         if not keys:
             known = ", ".join(repo.models_in_use(session)) or "none"
             print(f"no faces of {model} to delete (stored model tags: {known})")

@@ -51,7 +51,6 @@ class DetectionLimits:
     max_side: int
     score_threshold: float | None
     min_face_size: float
-    max_faces: int
 
 
 class FacePipeline:
@@ -63,6 +62,7 @@ class FacePipeline:
         self.limits = limits
 
     def detect(self, image: Image.Image, times: StageTimes | None = None) -> list[DetectedFace]:
+        """Every face found, best score first; how many a photo may have is `face_policy`'s rule."""
         times = times or StageTimes()
         with times.stage("detect"):
             return self.detector.detect(
@@ -70,7 +70,6 @@ class FacePipeline:
                 max_side=self.limits.max_side,
                 score_threshold=self.limits.score_threshold,
                 min_face_size=self.limits.min_face_size,
-                max_faces=self.limits.max_faces,
             )
 
     def detect_many(
@@ -84,7 +83,6 @@ class FacePipeline:
                 max_side=self.limits.max_side,
                 score_threshold=self.limits.score_threshold,
                 min_face_size=self.limits.min_face_size,
-                max_faces=self.limits.max_faces,
             )
 
     def align(

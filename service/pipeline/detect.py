@@ -116,7 +116,6 @@ class Detector:
         max_side: int | None = None,
         score_threshold: float | None = None,
         min_face_size: float = 0.0,
-        max_faces: int | None = None,
     ) -> list[DetectedFace]:
         """Faces in `image`, best score first, in the image's pixel coordinates."""
         (faces,) = self.detect_many(
@@ -124,7 +123,6 @@ class Detector:
             max_side=max_side,
             score_threshold=score_threshold,
             min_face_size=min_face_size,
-            max_faces=max_faces,
         )
         return faces
 
@@ -135,7 +133,6 @@ class Detector:
         max_side: int | None = None,
         score_threshold: float | None = None,
         min_face_size: float = 0.0,
-        max_faces: int | None = None,
         pad_to_common_shape: bool = False,
     ) -> list[list[DetectedFace]]:
         """Faces of each image, with one network call per distinct input shape (per DETECT_BATCH images).
@@ -181,7 +178,6 @@ class Detector:
                     image=images[row],
                     threshold=threshold,
                     min_face_size=min_face_size,
-                    max_faces=max_faces,
                 )
         return results
 
@@ -197,7 +193,6 @@ class Detector:
         image: Image.Image,
         threshold: float,
         min_face_size: float,
-        max_faces: int | None,
     ) -> list[DetectedFace]:
         """Decode one image's network outputs (over a possibly padded input) into faces."""
         cfg = self.config
@@ -224,4 +219,4 @@ class Detector:
             )
             if min(face.width, face.height) >= min_face_size:
                 faces.append(face)
-        return faces[:max_faces] if max_faces else faces
+        return faces
