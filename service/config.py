@@ -46,6 +46,22 @@ class Settings(BaseSettings):
         default=0.0, ge=0.0, le=50.0, description="How long the first request waits for company; 0 disables."
     )
 
+    follow_poll_ms: float = Field(
+        default=200.0,
+        gt=0.0,
+        le=60_000.0,
+        description="How often each process reads the change log for other processes' writes (PostgreSQL "
+        "also wakes it at once by NOTIFY).",
+    )
+    max_follow_lag_s: float = Field(
+        default=30.0, gt=0.0, description="/readyz turns unready when the index is this far behind SQL."
+    )
+    changes_retention_s: float = Field(
+        default=86_400.0,
+        gt=0.0,
+        description="Change log entries older than this are pruned; a process further behind rebuilds.",
+    )
+
     detect_max_side: int = Field(default=640, ge=64, le=4096)
     det_score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     min_face_size: int = Field(default=0, ge=0, description="Faces with a shorter box side are ignored.")

@@ -21,12 +21,14 @@ from service.api.metrics import install_metrics
 from service.api.routes import admin, health, identities, recognition
 from service.api.state import AppState
 from service.config import Settings
+from service.follower import ChangeFollower
 from service.gallery import Gallery
 from service.index import make_index
 from service.pipeline.factory import build_pipeline
 from service.runtime import LoadedModels
 from service.security import NO_KEYS_HINT, is_loopback
 from service.storage import keys as key_repo
+from service.storage.changes import listener_for
 from service.storage.engine import make_engine, make_session_factory
 from service.storage.migrate import upgrade_to_head
 
@@ -64,7 +66,14 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
             fp16=settings.index_fp16,
         )
         gallery = Gallery(index, sessions, models.embedder_tag)
-        gallery.rebuild()
+        follower = ChangeFollower(
+            gallery,
+            sessions,
+            poll_s=settings.follow_poll_ms / 1000,
+            retention_s=settings.changes_retention_s,
+            listen=listener_for(engine),
+        )
+        follower.rebuild()
     except Exception:  # a wrong model, a missing GPU, a failed rebuild: nothing may stay open
         engine.dispose()
         raise
@@ -73,12 +82,14 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
     audit = gallery.audit(since_rebuild=True)
     if not audit.in_step:
         log.warning("index differs from SQL after the start-up rebuild: %s", audit)
+    follower.start()
     return AppState(
         settings=settings,
         engine=engine,
         sessions=sessions,
         pipeline=pipeline,
         gallery=gallery,
+        follower=follower,
         detector_tag=models.detector_tag,
         embedder_tag=models.embedder_tag,
         threshold=models.embedder_config.threshold,

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.api.batching import RecognitionBatcher
 from service.config import Settings
+from service.follower import ChangeFollower
 from service.gallery import Gallery
 from service.pipeline import FacePipeline
 
@@ -21,6 +22,8 @@ class AppState:
     sessions: sessionmaker[Session]
     pipeline: FacePipeline
     gallery: Gallery
+    # Keeps `gallery` in step with the change log; every write's index update goes through it.
+    follower: ChangeFollower
     detector_tag: str
     embedder_tag: str
     threshold: float
@@ -46,4 +49,5 @@ class AppState:
         """Stop taking batched requests, let the queued ones finish, then release the database."""
         if self.batcher is not None:
             self.batcher.close(timeout)
+        self.follower.close()
         self.engine.dispose()

@@ -133,7 +133,9 @@ def _models_use(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  facebank ingest FOLDER    # the same folder(s) again: each photo is enrolled for {tag}")
         for model in others:
             print(f"  facebank models prune --model {model}    # delete those faces for good")
-    print("running servers go on with the model they loaded (their /readyz answers 503): restart them")
+    print(
+        "running servers go on with the model they loaded (their /readyz says restart_needed): restart them"
+    )
     if embedder_set_explicitly(settings) and settings.embedder != entry.name:
         print(
             f"note: FACEBANK_EMBEDDER={settings.embedder} is set here: the service refuses to start until it "
@@ -179,10 +181,10 @@ def _models_prune(args: argparse.Namespace, settings: Settings) -> int:
         detail = {"faces": len(removed), "identities_left_without_faces": len(emptied), "active": active}
         record(session, actor, Actions.MODEL_PRUNE, "model", model[:64], detail)
         session.commit()
-    # A server started before `models use` still holds these faces in memory until it restarts.
+    # A server still running the old model drops them as it follows the change log.
     print(
-        f"deleted {len(removed)} faces of {model}; servers restarted since the switch never loaded them, "
-        f"but any server still running {model} matches them until it is restarted: restart it now"
+        f"deleted {len(removed)} faces of {model}; servers still running {model} drop them from their index "
+        "as they follow the change log"
     )
     return 0
 

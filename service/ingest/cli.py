@@ -30,9 +30,9 @@ the manifest). An identity is matched by external_id when given, else by exact n
 that name), and created when missing. A photo already ingested (same sha256, identity and model) is skipped,
 so a stopped or killed run can simply be run again.
 
-Without --url, faces are written straight into the configured database (FACEBANK_DATABASE_URL); a server
-already running on that database sees them only after a restart. With --url, photos go through a running
-server's REST API and it sees them at once.
+Without --url, faces are written straight into the configured database (FACEBANK_DATABASE_URL); servers
+running on that database see them as they are committed (they follow its change log). With --url, photos go
+through a running server's REST API.
 
 Exit status: 0 when every photo was ingested, skipped or rejected by a gate; 1 when any photo failed or the
 run could not start; 2 for unusable input; 130 when stopped by Ctrl-C."""

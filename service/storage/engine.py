@@ -79,5 +79,11 @@ def _make_sqlite_engine(url: URL, *, echo: bool) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that write the changes their transaction noted into the change log as they commit."""
+    from service.storage import changes
+
     # Why expire_on_commit=False: routes return ORM objects after committing without reloading them.
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    event.listen(factory, "before_commit", changes.write_noted)
+    event.listen(factory, "after_rollback", changes.forget_noted)
+    return factory

@@ -17,7 +17,7 @@ from service.config import Settings
 from tests._db import postgres_or_skip
 
 # Every table the app writes, children first, to empty a shared PostgreSQL database between modules.
-APP_TABLES = ("audit_events", "api_keys", "faces", "identities", "service_settings")
+APP_TABLES = ("audit_events", "api_keys", "faces", "identities", "service_settings", "changes")
 
 
 @pytest.fixture(scope="session")

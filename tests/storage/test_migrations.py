@@ -16,7 +16,7 @@ from service.storage import Base, current_revision, head_revision, make_engine, 
 from service.storage.migrate import MIGRATION_LOCK_KEY, alembic_config
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"identities", "faces", "api_keys", "audit_events", "service_settings", "alembic_version"}
+TABLES = {"identities", "faces", "api_keys", "audit_events", "service_settings", "changes", "alembic_version"}
 
 # A separate OS process that imports, says "ready", waits for a line on stdin, then migrates.
 _MIGRATE_IN_CHILD = """
