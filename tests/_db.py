@@ -8,7 +8,7 @@ maintenance database. Usage from any test suite:
     @pytest.fixture(scope="session")
     def postgres_url() -> Iterator[str]:
         yield from postgres_or_skip()  # a fresh database with a random name, dropped again on exit;
-                                       # the test skips, saying why, when PostgreSQL is not reachable
+                                       # skips, saying why, when PostgreSQL is not reachable (fails in CI)
 
 `make_postgres_url()` / `drop_postgres_database(url)` are the same thing as two plain calls.
 """
@@ -79,11 +79,12 @@ def postgres_database(*, admin_url: str = ADMIN_URL, prefix: str = "facebank_tes
 
 
 def postgres_or_skip() -> Iterator[str]:
-    """For a fixture to `yield from`: a fresh database's URL, dropped afterwards; skips without a server."""
-    import pytest
+    """For a fixture to `yield from`: a fresh database's URL, dropped afterwards; skips without a server
+    (fails in CI, see tests/_ci.py)."""
+    from tests._ci import skip_or_fail_in_ci
 
     try:
         with postgres_database() as url:
             yield url
     except PostgresUnavailable as exc:
-        pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")
+        skip_or_fail_in_ci(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")
