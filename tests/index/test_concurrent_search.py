@@ -15,6 +15,7 @@ from service.index import CpuFlatStorage, FaissFlatIndex, SlotIndex, VectorIndex
 from service.index.faiss_gpu import InterleavedStorage
 from service.index.faiss_index import BLAS_MIN_QUERIES, _BlasThreshold
 from service.pipeline.embed import l2_normalize
+from tests._threads import watch_waits
 
 DIM = 64
 WAIT_S = 10.0
@@ -118,19 +119,22 @@ def test_the_blas_threshold_is_restored_when_a_search_raises() -> None:
 
 def test_a_window_for_another_dimension_waits_for_the_open_one_to_close() -> None:
     shared = _BlasThreshold()
+    waits = watch_waits(shared)
     entered = threading.Event()
+    seen: list[int] = []  # checked here: an assertion failing in the thread would only be a warning
 
     def other_dimension() -> None:
         with shared.lowered(2 * DIM):
-            assert faiss.cvar.distance_compute_blas_threshold == BLAS_MIN_QUERIES * 2 * DIM
+            seen.append(faiss.cvar.distance_compute_blas_threshold)
             entered.set()
 
     with shared.lowered(DIM):
         thread = threading.Thread(target=other_dimension)
         thread.start()
-        assert not entered.wait(0.2)
+        assert waits.holds_back(thread, got_through=entered.is_set)
     assert entered.wait(WAIT_S)
     thread.join(WAIT_S)
+    assert seen == [BLAS_MIN_QUERIES * 2 * DIM]
 
 
 def test_single_queries_are_computed_alike_whether_or_not_a_multi_query_window_is_open() -> None:
@@ -168,10 +172,11 @@ def test_writes_wait_for_the_searches_inside(make_index: Callable[[], VectorInde
         "reset": index.reset,
     }
     written = threading.Event()
+    waits = watch_waits(index._lock)  # type: ignore[attr-defined]
     with index._lock.reading():  # type: ignore[attr-defined]
         thread = threading.Thread(target=_then, args=(calls[write], written))
         thread.start()
-        assert not written.wait(0.2)
+        assert waits.holds_back(thread, got_through=written.is_set)
     assert written.wait(WAIT_S)
     thread.join(WAIT_S)
 
