@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 
 ADMIN_URL = os.environ.get(
@@ -76,6 +77,19 @@ def postgres_database(*, admin_url: str = ADMIN_URL, prefix: str = "facebank_tes
         yield url
     finally:
         drop_postgres_database(url, admin_url=admin_url)
+
+
+def lock_waits(engine: Engine) -> list[str]:
+    """What the other sessions on `engine`'s database are blocked on right now (pg_stat_activity's
+    wait_event for heavyweight locks: 'advisory', 'transactionid', 'tuple', ...): the server's own word that a
+    lock holds someone back, instead of guessing from how long they took."""
+    query = text(
+        "SELECT wait_event FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    # A new transaction each call: the view is snapshotted per transaction.
+    with engine.connect() as connection:
+        return list(connection.execute(query).scalars())
 
 
 def postgres_or_skip() -> Iterator[str]:
