@@ -17,32 +17,32 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 WAIT_S = 30.0  # a bound for a signal that a correct lock always gives; never part of the verdict
 
 
-class WatchedCondition(threading.Condition):
-    """A `threading.Condition` that knows which threads are parked in its `wait()` right now."""
+class _Parking:
+    """Which threads are parked (blocked by the lock) right now, and a verdict from it."""
 
-    def __init__(self, lock: Any = None) -> None:
-        super().__init__(lock)
+    def __init__(self) -> None:
         self._parked: set[int] = set()
         self._parked_guard = threading.Lock()
 
-    def wait(self, timeout: float | None = None) -> bool:
+    @contextmanager
+    def _parking(self) -> Iterator[None]:
         ident = threading.get_ident()
         with self._parked_guard:
             self._parked.add(ident)
         try:
-            return super().wait(timeout)
+            yield
         finally:
             with self._parked_guard:
                 self._parked.discard(ident)
 
     def is_parked(self, thread: threading.Thread) -> bool:
-        """True while `thread` waits on this condition (it is still inside its lock's wait loop)."""
         with self._parked_guard:
             return thread.ident in self._parked
 
@@ -55,9 +55,43 @@ class WatchedCondition(threading.Condition):
         )
         return passed == "held_back"
 
-    def parked(self) -> int:
-        with self._parked_guard:
-            return len(self._parked)
+
+class WatchedCondition(threading.Condition, _Parking):
+    """A `threading.Condition` that knows which threads are parked in its `wait()` right now (a lock built
+    on it calls `wait()` only when it decided the thread must wait)."""
+
+    def __init__(self, lock: Any = None) -> None:
+        threading.Condition.__init__(self, lock)
+        _Parking.__init__(self)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._parking():
+            return super().wait(timeout)
+
+
+class WatchedLock(_Parking):
+    """A stand-in for a `threading.Lock` that knows which threads are blocked acquiring it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True  # free: the thread was not held back, so it is never seen as parked
+        if not blocking:
+            return False
+        with self._parking():
+            return self._lock.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def watch_waits(owner: object, attribute: str = "_state") -> WatchedCondition:
