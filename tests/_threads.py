@@ -99,7 +99,7 @@ def watch_waits(owner: object, attribute: str = "_state") -> WatchedCondition:
     Call it before any thread uses `owner`."""
     current = getattr(owner, attribute)
     assert isinstance(current, threading.Condition), f"{type(owner).__name__}.{attribute} is not a Condition"
-    watched = WatchedCondition(threading.Lock())
+    watched = WatchedCondition(current._lock)  # type: ignore[attr-defined]  # same kind of lock (Lock/RLock)
     setattr(owner, attribute, watched)
     return watched
 
