@@ -66,7 +66,16 @@ def test_the_postgres_and_shared_gates_skip_or_fail_in_a_real_pytest_run(
     if ci is not None:
         env["CI"] = ci
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfs", str(tmp_path / "test_gates.py")],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rfs",
+            str(tmp_path / "test_gates.py"),
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
