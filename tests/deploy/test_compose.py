@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from service.config import Settings
 from service.storage import current_revision, head_revision, make_engine
+from tests._ports import PortTaken, on_a_free_port, port_was_taken
 from tests.conftest import LFW
 
 yaml = pytest.importorskip("yaml", reason="the compose tests read YAML with PyYAML (the dev extra)")
@@ -285,13 +285,14 @@ def test_a_wheel_built_from_the_build_context_carries_migrations_manifest_and_pa
 # --- the app as compose starts it, against PostgreSQL ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """The server and its base URL, on a free port (another one if that was taken meanwhile)."""
+    return on_a_free_port(
+        lambda port: (_serve_on(env | {"FACEBANK_PORT": str(port)}, port), f"http://127.0.0.1:{port}")
+    )
 
 
-def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+def _serve_on(env: dict[str, str], port: int) -> subprocess.Popen[str]:
     # The image's ENTRYPOINT ["facebank"] + CMD ["serve"], with the configuration only in the environment.
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve"],
@@ -309,7 +310,10 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
         except httpx.TransportError:
             pass
         if process.poll() is not None:
-            raise AssertionError(process.stderr.read() if process.stderr else "the server exited")
+            stderr = process.stderr.read() if process.stderr else ""
+            if port_was_taken(stderr):
+                raise PortTaken(f"port {port} was taken before the server bound it")
+            raise AssertionError(stderr or "the server exited")
         assert time.monotonic() < deadline, "not ready in 90 s"
         time.sleep(0.2)
 
@@ -337,19 +341,16 @@ def test_the_app_serves_from_postgres_configured_by_the_compose_environment_and_
         password=local.password,
         database=local.database,
     ).render_as_string(hide_password=False)
-    port = _free_port()
     environment |= {
         "FACEBANK_MODEL_DIR": str(model_dir),
         "FACEBANK_DATA_DIR": str(tmp_path / "data"),
         "FACEBANK_HOST": "127.0.0.1",
-        "FACEBANK_PORT": str(port),
-    }
+    }  # and FACEBANK_PORT, set by _serve
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEBANK_")} | environment
     env["PYTHONPATH"] = str(ROOT)
-    base = f"http://127.0.0.1:{port}"
     photo = next(LFW.glob("Aaron_Peirsol/*.jpg")).read_bytes()
 
-    server = _serve(env, port)
+    server, base = _serve(env)
     try:
         identity = httpx.post(f"{base}/v1/identities", json={"name": "Aaron Peirsol"}).json()
         enrolled = httpx.post(f"{base}/v1/identities/{identity['id']}/faces", files={"image": photo})
@@ -357,7 +358,7 @@ def test_the_app_serves_from_postgres_configured_by_the_compose_environment_and_
     finally:
         _stop(server)
 
-    server = _serve(env, port)  # a new container: the index is rebuilt from PostgreSQL
+    server, base = _serve(env)  # a new container: the index is rebuilt from PostgreSQL
     try:
         ready = httpx.get(f"{base}/readyz").json()
         found = httpx.post(f"{base}/v1/identify", files={"image": photo}).json()

@@ -64,6 +64,12 @@ class Ledger:
     operations: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
 
+    def count(self, operation: str) -> None:
+        # Under the lock: `+=` on a shared Counter from 8 threads can lose updates, and the audit
+        # check below compares these counts exactly.
+        with self.lock:
+            self.operations[operation] += 1
+
     def live_faces(self) -> dict[str, str]:
         return {
             f: i
@@ -78,7 +84,7 @@ def _client(server: Server, key: str) -> httpx.Client:
 
 def _create(http: httpx.Client, ledger: Ledger, person: str) -> None:
     response = http.post("/v1/identities", json={"name": person})
-    ledger.operations[f"create {response.status_code}"] += 1
+    ledger.count(f"create {response.status_code}")
     if response.status_code != 201:
         ledger.failures.append(f"create: {response.status_code} {response.text}")
         return
@@ -101,7 +107,7 @@ def _worker(server: Server, key: str, ledger: Ledger, seed: int, start: threadin
                     _identify(http, ledger, rng)
                 elif roll < 0.78:
                     response = http.get("/v1/identities", params={"limit": 20})
-                    ledger.operations[f"list {response.status_code}"] += 1
+                    ledger.count(f"list {response.status_code}")
                     if response.status_code != 200:
                         ledger.failures.append(f"list: {response.status_code}")
                 elif roll < 0.94:
@@ -119,7 +125,7 @@ def _enroll(http: httpx.Client, ledger: Ledger, rng: random.Random) -> None:
     person = ledger.identities[identity]
     photo = rng.choice(PHOTOS[person])
     response = http.post(f"/v1/identities/{identity}/faces", files={"image": ("p.jpg", photo, "image/jpeg")})
-    ledger.operations[f"enroll {response.status_code}"] += 1
+    ledger.count(f"enroll {response.status_code}")
     with ledger.lock:
         if response.status_code == 201:
             ledger.faces[response.json()["id"]] = identity
@@ -136,7 +142,7 @@ def _identify(http: httpx.Client, ledger: Ledger, rng: random.Random) -> None:
     response = http.post(
         "/v1/identify", files={"image": ("q.jpg", rng.choice(PHOTOS[person]), "image/jpeg")}, params={"k": 3}
     )
-    ledger.operations[f"identify {response.status_code}"] += 1
+    ledger.count(f"identify {response.status_code}")
     if response.status_code != 200:
         ledger.failures.append(f"identify: {response.status_code} {response.text}")
         return
@@ -157,7 +163,7 @@ def _delete_face(http: httpx.Client, ledger: Ledger, rng: random.Random) -> None
         ledger.claimed_faces.add(face)
         identity = ledger.faces[face]
     response = http.delete(f"/v1/identities/{identity}/faces/{face}")
-    ledger.operations[f"delete-face {response.status_code}"] += 1
+    ledger.count(f"delete-face {response.status_code}")
     with ledger.lock:
         if response.status_code == 204:
             ledger.deleted_faces.add(face)
@@ -173,7 +179,7 @@ def _delete_identity(http: httpx.Client, ledger: Ledger, rng: random.Random) -> 
         identity = rng.choice(choices)
         ledger.delete_issued.add(identity)
     response = http.delete(f"/v1/identities/{identity}")
-    ledger.operations[f"delete-identity {response.status_code}"] += 1
+    ledger.count(f"delete-identity {response.status_code}")
     with ledger.lock:
         if response.status_code == 204:
             ledger.deleted_identities.add(identity)
