@@ -26,6 +26,7 @@ def build_pipeline(
             score_threshold=settings.det_score_threshold,
             min_face_size=settings.min_face_size,
             max_faces=settings.max_faces,
+            find_down_to=settings.detect_find_down_to,
         ),
     )
     return pipeline, models
