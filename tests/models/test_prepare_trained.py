@@ -63,7 +63,7 @@ def test_a_trained_model_in_the_project_manifest_is_copied_from_the_source_folde
     source_dir = tmp_path / "from"
     source_dir.mkdir()
     (registered_dir / f"{FLIPPED}.onnx").rename(source_dir / f"{FLIPPED}.onnx")
-    for upstream in ("retinaface-mobilenet0.25.pth", "mobilefacenet.pt"):
+    for upstream in (e.source_file for e in load_manifest(PROJECT_MANIFEST) if e.source_file):
         (source_dir / upstream).symlink_to(SHARED_MODELS / upstream)
     messages: list[str] = []
     prepare_models(
