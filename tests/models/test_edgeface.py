@@ -164,3 +164,18 @@ def test_a_file_that_is_no_state_dict_is_refused(tmp_path: Path) -> None:
     with pytest.raises(WeightFileError, match="holds a list, expected an EdgeFace-XXS-Q state dict"):
         load_edgeface(junk, "xxs")
     assert isinstance(EdgeFace("xs"), torch.nn.Module)
+
+
+def test_models_list_shows_each_models_licence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    monkeypatch.setenv("FACEBANK_MODEL_DIR", str(tmp_path / "models"))  # not prepared: the project manifest
+    monkeypatch.setenv("FACEBANK_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("FACEBANK_DATABASE_URL", raising=False)
+    assert main(["models", "list"]) == 0
+    lines = {line[2:].split()[0]: line for line in capsys.readouterr().out.splitlines() if "@" in line}
+    for entry in load_manifest(PROJECT_MANIFEST):
+        assert lines[entry.tag].rstrip().endswith(entry.licence)
+    assert "non-commercial" in lines["edgeface-xs-q@1"] and "non-commercial" in lines["edgeface-xxs-q@1"]
