@@ -112,16 +112,22 @@ def prior_mask(
     return np.concatenate(levels)
 
 
+# Longest side of the second pass: bounds what one request can make the detector do (a 40 MP photo at full
+# size would be ~10x the work and memory of this).
+FINE_PASS_MAX_SIDE = 4096
+
+
 def fine_pass_scale(size: tuple[int, int], max_side: int, find_down_to: float, smallest_face: float) -> float:
     """Scale of the second pass that finds faces of `find_down_to` photo pixels in a photo of `size`, or 0
     when the first pass (the photo shrunk to fit `max_side`) already shows them at `smallest_face` or more.
 
-    The second pass never enlarges the photo: below `smallest_face` photo pixels a face is out of reach.
+    The second pass never enlarges the photo (below `smallest_face` photo pixels a face is out of reach) and
+    never exceeds FINE_PASS_MAX_SIDE (in larger photos the smallest face found grows accordingly).
     """
     if find_down_to <= 0:
         return 0.0
     first = min(1.0, max_side / max(size))
-    second = min(1.0, smallest_face / find_down_to)
+    second = min(1.0, smallest_face / find_down_to, FINE_PASS_MAX_SIDE / max(size))
     return second if second > first else 0.0
 
 

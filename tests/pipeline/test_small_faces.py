@@ -15,7 +15,7 @@ import pytest
 from bench.group_photos import FaceCrop, GroupPhoto, compose, face_crops, score
 from service.config import Settings
 from service.pipeline import FacePipeline
-from service.pipeline.detect import fine_pass_scale
+from service.pipeline.detect import FINE_PASS_MAX_SIDE, fine_pass_scale
 from service.pipeline.factory import build_pipeline
 from tests.conftest import LFW
 
@@ -31,6 +31,8 @@ def test_the_fine_pass_runs_only_where_the_shrunk_photo_loses_the_wanted_faces()
     assert fine_pass_scale((3200, 2000), 640, 200, 20) == 0.0
     # Never enlarges: faces below the network's smallest are searched at the photo's own size.
     assert fine_pass_scale((3200, 2000), 640, 8, 20) == 1.0
+    # Never beyond FINE_PASS_MAX_SIDE, however small the faces asked for: a 40 MP photo stays bounded.
+    assert fine_pass_scale((8000, 5000), 640, 1, 20) == pytest.approx(FINE_PASS_MAX_SIDE / 8000)
 
 
 @pytest.fixture(scope="module")
