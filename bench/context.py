@@ -178,11 +178,12 @@ class Context:
         for path in lfw_photos(self.lfw, 16 if self.quick else 64):
             with open(path, "rb") as handle:
                 from service.pipeline import decode_image
+                from service.pipeline.face_policy import largest_face
 
                 image = decode_image(handle.read(), max_pixels=self.settings.max_image_pixels)
             faces = self.pipeline.detect(image)
             if faces:
-                crops.append(self.pipeline.align(image, [max(faces, key=lambda f: f.area)])[0])
+                crops.append(self.pipeline.align(image, [largest_face(faces)])[0])
         if not crops:
             raise RuntimeError("no face found in the LFW sample photos")
         return np.stack(crops)

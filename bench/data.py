@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydantic import Field
+
+from service.config import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+class BenchSettings(Settings):
+    """The service's settings plus where the benchmark finds its data (FACEBANK_SHARED_DIR)."""
+
+    shared_dir: Path = Field(
+        default=REPO_ROOT.parent / "shared", description="LFW and upstream weights, as the tests find them."
+    )
+
+
 def shared_dir() -> Path:
-    """../shared beside the repository (or FACEBANK_SHARED_DIR), as the tests find it."""
-    return Path(os.environ.get("FACEBANK_SHARED_DIR", REPO_ROOT.parent / "shared"))
+    """../shared beside the repository (or FACEBANK_SHARED_DIR)."""
+    return BenchSettings().shared_dir
 
 
 class DataMissing(RuntimeError):

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.data import lfw_dir, shared_dir
-from models.manifest import load_manifest
 from service.config import Settings
 from service.pipeline import FacePipeline, decode_image
 from service.pipeline.factory import build_pipeline
+from service.runtime.manifest import load_manifest
 
 
 def aligned_crops(pipeline: FacePipeline, lfw: Path, count: int) -> np.ndarray:

@@ -44,7 +44,7 @@ def _upstream_batch1(ctx: Context) -> Comparison:
 
 def _fp16_session(ctx: Context) -> tuple[Any, str]:
     """The fp16 embedder's session (IO-bound on CUDA), or None and why it is not measured."""
-    from models.manifest import load_manifest
+    from service.runtime.manifest import load_manifest
     from service.runtime.sessions import ProviderError, create_session, embedder_onnx_file, runner_for
 
     model_dir = ctx.settings.model_dir

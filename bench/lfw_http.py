@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from bench.data import lfw_people_with_two_photos
-from bench.server import server_timing
+from bench.server import centre_face, server_timing
 
 
 def main() -> None:
@@ -52,16 +52,10 @@ def main() -> None:
         for stage, ms in server_timing(response.headers.get("server-timing", "")).items():
             stage_ms.setdefault(stage, []).append(ms)
         faces = response.json()["faces"]
-        if not faces:
+        face = centre_face(faces)
+        if face is None:
             no_face += 1
             continue
-        # The person of interest is the face nearest the centre of an LFW photo.
-        face = min(
-            faces,
-            key=lambda f: (
-                abs((f["bbox"][0] + f["bbox"][2]) / 2 - 125) + abs((f["bbox"][1] + f["bbox"][3]) / 2 - 125)
-            ),
-        )
         if face["matches"] and face["matches"][0]["identity_id"] == ids[name]:
             correct += 1
         if face["identity"] is None:

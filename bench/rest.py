@@ -46,14 +46,16 @@ def _size_name(n: int) -> str:
 def _people(ctx: Context) -> tuple[list[Person], list[Probe]]:
     """LFW people with two photos: the first is enrolled, the second is what clients send."""
     from service.pipeline import decode_image
+    from service.pipeline.face_policy import largest_face
 
     people, probes = [], []
     for name in lfw_people_with_two_photos(ctx.lfw, 8 if ctx.quick else 100):
         enrolled = (ctx.lfw / name / f"{name}_0001.jpg").read_bytes()
-        faces = ctx.pipeline.analyze(decode_image(enrolled, max_pixels=ctx.settings.max_image_pixels))
+        image = decode_image(enrolled, max_pixels=ctx.settings.max_image_pixels)
+        faces = ctx.pipeline.detect(image)
         if not faces:
             continue
-        largest = max(faces, key=lambda f: f.face.area)
+        (largest,) = ctx.pipeline.embed_faces(image, [largest_face(faces)])
         people.append(Person(name, largest.embedding))
         photo = ctx.lfw / name / f"{name}_0002.jpg"
         probes.append(Probe(name, photo.name, photo.read_bytes()))

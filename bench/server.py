@@ -150,7 +150,7 @@ def server_timing(header: str) -> dict[str, float]:
     return stages
 
 
-def _centre_face(faces: list[dict]) -> dict | None:
+def centre_face(faces: list[dict]) -> dict | None:
     """The person of interest is the face nearest the centre of an LFW photo (250×250)."""
     if not faces:
         return None
@@ -181,7 +181,7 @@ async def _load(url: str, probes: list[Probe], clients: int, requests: int, k: i
                 result.latencies_s.append(elapsed)
                 for stage, duration in server_timing(response.headers.get("server-timing", "")).items():
                     result.stages_ms.setdefault(stage, []).append(duration)
-                face = _centre_face(response.json()["faces"])
+                face = centre_face(response.json()["faces"])
                 if face and face["matches"] and face["matches"][0]["name"] == probe.name:
                     result.correct += 1
 

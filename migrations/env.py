@@ -4,18 +4,18 @@ Two ways in:
 - from code (`service.storage.migrate`): the caller passes an open connection in
   `config.attributes["connection"]` and owns its transaction (and, on PostgreSQL, the migration lock);
 - standalone (the `alembic` command with an ini file, or `--sql`): the URL comes from the config's
-  `sqlalchemy.url`, else from the `FACEBANK_DATABASE_URL` environment variable.
+  `sqlalchemy.url`, else from the service's settings (FACEBANK_DATABASE_URL, or the SQLite default).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import Connection
 
+from service.config import Settings
 from service.storage.engine import make_engine, normalise_url
 from service.storage.tables import Base, UTCDateTime
 
@@ -42,10 +42,8 @@ def _configure(**kwargs: Any) -> None:
 
 
 def _database_url() -> str:
-    url = config.get_main_option("sqlalchemy.url") or os.environ.get("FACEBANK_DATABASE_URL")
-    if not url:
-        raise RuntimeError("no database: set sqlalchemy.url or FACEBANK_DATABASE_URL")
-    return url
+    # Without sqlalchemy.url (plain `alembic upgrade head`), the database the service would use.
+    return config.get_main_option("sqlalchemy.url") or Settings().resolved_database_url
 
 
 def _run_on(connection: Connection) -> None:

@@ -1,4 +1,5 @@
-"""Model-making code: network definitions, ONNX export and the model manifest.
+"""Model-making code: network definitions, losses, training, ONNX export and evaluation.
 
-Serving (``service/``) reads only :mod:`models.manifest` from here; everything else may import torch.
+It may import ``service`` (the manifest, the pipeline); ``service`` never imports it. Everything here may
+import torch.
 """

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,15 +56,23 @@ class Settings(BaseSettings):
     )
     det_score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     min_face_size: int = Field(default=0, ge=0, description="Faces with a shorter box side are ignored.")
-    max_faces: int = Field(default=64, ge=1, description="Faces per photo beyond this are dropped.")
+    max_faces: int = Field(
+        default=64,
+        ge=1,
+        description="A photo with more faces is refused whole: 422 too_many_faces from the API (identify, "
+        "verify, detect, enrol), a too_many_faces reject in ingest.",
+    )
 
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=10_000)
-    default_top_k: int = Field(default=5, ge=1, le=100)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     log_level: str = "info"
+
+    api_key: SecretStr | None = Field(
+        default=None, description="Key that client commands (ingest --url, doctor --server) send to a server."
+    )
 
     @field_validator("data_dir", "model_dir", mode="after")
     @classmethod

@@ -18,13 +18,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.index import IndexNeedsRebuild, VectorIndex
 from service.schemas import Match
 from service.storage import repository as repo
-from service.storage.tables import Face
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +210,7 @@ class Gallery:
 
     def _sql_keys(self, session: Session) -> np.ndarray:
         """Sorted face keys of this gallery's model in SQL."""
-        query = select(Face.key).where(Face.model == self.model_tag).order_by(Face.key)
-        return _sorted_distinct(np.fromiter(session.scalars(query), dtype=np.int64))
+        return _sorted_distinct(np.asarray(repo.face_keys_of_model(session, model=self.model_tag), np.int64))
 
 
 def _sorted_distinct(values: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from models.export import EXPORT_VERSION
-from models.manifest import Manifest, ModelEntry, load_manifest, sha256_file, write_manifest
+from service.runtime.manifest import Manifest, ModelEntry, load_manifest, sha256_file, write_manifest
 
 FLIPPED = "mobilefacenet-flipped"
 FLIPPED_TAG = f"{FLIPPED}@2"

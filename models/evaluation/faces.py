@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from models.manifest import ManifestError, load_manifest
 from service.pipeline import FacePipeline, ImageDecodeError, decode_image
+from service.pipeline.face_policy import largest_face
+from service.runtime.manifest import ManifestError, load_manifest
 from service.schemas import DetectedFace
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def choose_face(
     if not faces:
         return None
     if choice == "largest":
-        return max(faces, key=lambda f: (f.area, f.score))
+        return largest_face(faces)
     cx, cy = width / 2, height / 2
 
     def distance(face: DetectedFace) -> float:

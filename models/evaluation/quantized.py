@@ -28,11 +28,11 @@ from models.evaluation.folders import list_identity_folders
 from models.evaluation.protocol import calibrate_threshold, identification_top_k
 from models.evaluation.run import embed_paths
 from models.export.edgeface import EDGEFACE_MODELS, load_edgeface, read_quantized_state_dict
-from models.manifest import PROJECT_MANIFEST, load_manifest
 from models.nets.edgeface import EdgeFace
 from service.config import Settings
 from service.pipeline import l2_normalize
 from service.pipeline.factory import build_pipeline
+from service.runtime.manifest import PROJECT_MANIFEST, load_manifest
 
 FAR = 1e-3
 

@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=64)
     args = parser.parse_args(argv)
     from models.export.fp16 import aligned_lfw_faces
-    from models.manifest import PROJECT_MANIFEST, load_manifest
+    from service.runtime.manifest import PROJECT_MANIFEST, load_manifest
 
     project = load_manifest(PROJECT_MANIFEST)
     for name, variant in EDGEFACE_MODELS.items():

@@ -290,7 +290,7 @@ def register_eval_variants(model_dir: Path, embedder: str, fp16_path: Path) -> l
     """
     from dataclasses import replace
 
-    from models.manifest import Manifest, load_manifest, sha256_file, write_manifest
+    from service.runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
 
     manifest_path = model_dir / "manifest.toml"
     manifest = load_manifest(manifest_path)
@@ -371,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(evaluation only, for `facebank eval lfw --model NAME`)",
     )
     args = parser.parse_args(argv)
-    from models.manifest import load_manifest
+    from service.runtime.manifest import load_manifest
 
     entry = load_manifest(args.model_dir / "manifest.toml").get(args.embedder)
     faces = None

@@ -1,6 +1,6 @@
 """``facebank models prepare``: verify the upstream weights, export them to ONNX, write the prepared manifest.
 
-For each model of the project manifest (:data:`models.manifest.PROJECT_MANIFEST`):
+For each model of the project manifest (:data:`service.runtime.manifest.PROJECT_MANIFEST`):
 
 1. find its ``source_file`` in ``source_dir``, else in ``model_dir/sources/``, else (with ``download=True``)
    fetch ``source_url`` into ``model_dir/sources/``;
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from models.export import EXPORT_VERSION
 from models.licences import non_commercial
-from models.manifest import (
+from service.runtime.manifest import (
     PROJECT_MANIFEST,
     Manifest,
     ManifestError,
@@ -58,7 +58,7 @@ FIX_HINT = (
 )
 TRAIN_EXTRA_HINT = "exporting needs the train extra: pip install 'facebank[train]'"
 _HEADER = (
-    "Prepared by `facebank models prepare` from the project's models/manifest.toml; do not edit.\n"
+    "Prepared by `facebank models prepare` from the project's service/runtime/manifest.toml; do not edit.\n"
     "onnx_sha256 is checked before each ONNX file is loaded; export_version says which export code made it."
 )
 

@@ -4,7 +4,7 @@ The parameter names (``body.stage1..3``, ``fpn.output1..3`` / ``merge1..2``, ``s
 ``BboxHead`` / ``LandmarkHead.{0,1,2}.conv1x1``) match the upstream state dict so it loads with
 ``strict=True``. Every activation is a plain ReLU, as in the Face-Detector-1MB-with-landmark code the weights
 were trained with (the older Pytorch_Retinaface uses LeakyReLU(0.1); with these weights that scores faces
-lower, see ``models/cards/retinaface-mnet025.md``).
+lower, see ``service/runtime/cards/retinaface-mnet025.md``).
 
 Input: ``(N, 3, H, W)`` float32, BGR, ``(104, 117, 123)`` subtracted, no scaling; any ``H`` and ``W``.
 Output: ``loc (N, P, 4)``, ``conf (N, P, 2)`` (softmax, column 1 is "face"), ``landms (N, P, 10)``, raw

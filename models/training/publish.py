@@ -4,7 +4,8 @@
   (strict load, dynamic batch axis, onnxruntime-vs-PyTorch cosine > 0.9999 on real aligned faces).
 - :func:`trained_entry`: the manifest entry (``origin = "trained"``: no upstream URL; ``onnx_sha256``,
   ``base_model`` and ``trained_by`` instead), preprocessing and template copied from the base embedder.
-- :func:`write_fragment`: that entry alone as TOML, for review before it goes into ``models/manifest.toml``.
+- :func:`write_fragment`: that entry alone as TOML, for review before it goes into
+  ``service/runtime/manifest.toml``.
 - :func:`register_in_model_dir`: copy the ONNX, weights and card into a prepared model folder and add the
   entry to its ``manifest.toml``, so ``--model NAME`` and ``facebank models use NAME`` can load it; a later
   ``facebank models prepare`` keeps it while its ONNX file still matches ``onnx_sha256``.
@@ -21,7 +22,9 @@ import torch
 
 from models.export import EXPORT_VERSION
 from models.export.onnx_export import ParityReport, export_embedder
-from models.manifest import (
+from models.nets.mobilefacenet import MobileFaceNet
+from models.training.train import BASE_EMBEDDER, base_preprocess, to_tensor
+from service.runtime.manifest import (
     PROJECT_MANIFEST,
     EmbedderSpec,
     Manifest,
@@ -31,8 +34,6 @@ from models.manifest import (
     sha256_file,
     write_manifest,
 )
-from models.nets.mobilefacenet import MobileFaceNet
-from models.training.train import BASE_EMBEDDER, base_preprocess, to_tensor
 
 LICENCE = (
     "research and non-commercial use only: fine-tuned on CelebA (non-commercial research licence) from "
@@ -105,10 +106,10 @@ def trained_entry(
 
 
 def write_fragment(entry: ModelEntry, path: Path) -> Path:
-    """The entry alone as manifest TOML, for review before it goes into ``models/manifest.toml``."""
+    """The entry alone as manifest TOML, for review before it goes into ``service/runtime/manifest.toml``."""
     header = (
         f"Manifest fragment for {entry.tag}, written by `facebank train`.\n"
-        "Review, then merge into models/manifest.toml to ship it."
+        "Review, then merge into service/runtime/manifest.toml to ship it."
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dumps_manifest(Manifest(models=(entry,)), header=header), encoding="utf-8")
@@ -134,8 +135,9 @@ def register_in_model_dir(
     )
     entries = [e for e in current if e.name != entry.name] + [prepared]
     header = (
-        "Prepared by `facebank models prepare` from the project's models/manifest.toml, plus models\n"
-        "registered by `facebank train --register`; onnx_sha256 is checked before each ONNX file is loaded."
+        "Prepared by `facebank models prepare` from the project's service/runtime/manifest.toml, plus\n"
+        "models registered by `facebank train --register`; onnx_sha256 is checked before each ONNX file is "
+        "loaded."
     )
     return write_manifest(Manifest(models=tuple(entries)), manifest_path, header=header)
 

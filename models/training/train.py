@@ -33,10 +33,10 @@ from torch import Tensor, nn
 
 from models.export.onnx_export import build_embedder
 from models.losses import COCOLoss, CosFaceLoss, CSoftmaxLoss, SoftmaxLoss
-from models.manifest import PROJECT_MANIFEST, Preprocess, load_manifest
 from models.nets.mobilefacenet import EMBEDDING_DIM, MobileFaceNet
 from models.training.config import TrainConfig
 from models.training.data import CropSet, ValidationResult, validation_top1
+from service.runtime.manifest import PROJECT_MANIFEST, Preprocess, load_manifest
 
 log = logging.getLogger(__name__)
 

@@ -56,10 +56,7 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
                 )
     try:
         settings = resolve_embedder(settings, sessions, loaded_tag=models.embedder_tag if models else None)
-        # Why one face over the limit: the API must see that a photo has too many faces to refuse it.
-        pipeline, models = build_pipeline(
-            settings.model_copy(update={"max_faces": settings.max_faces + 1}), models
-        )
+        pipeline, models = build_pipeline(settings, models)
         index = make_index(
             models.embedder_config.dim,
             device=settings.device,

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from service.api.errors import APIError, too_many_faces
+from service.api.errors import APIError
 from service.gallery import Gallery
 from service.pipeline import FacePipeline, StageTimes
 from service.pipeline.batching import BatcherClosed, BatchFailed, BatchStats, ItemFailed, MicroBatcher
+from service.pipeline.face_policy import FaceRefused, check_face_limit
 from service.schemas import DetectedFace, EmbeddedFace, Match
 
 
@@ -92,9 +93,10 @@ class RecognitionBatcher:
         outcomes: list[RecognitionResult | Exception] = []
         to_embed: list[int] = []
         for row, (request, faces) in enumerate(zip(requests, found, strict=True)):
-            # The pipeline keeps one face over the limit so that "too many" is visible here.
-            if len(faces) > self._max_faces:
-                outcomes.append(too_many_faces(self._max_faces))
+            try:
+                check_face_limit(faces, self._max_faces, "image")
+            except FaceRefused as refused:
+                outcomes.append(refused)
                 continue
             outcomes.append(RecognitionResult(faces=faces, embedded=[], matches=[]))
             if request.top_k is not None and faces:

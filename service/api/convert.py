@@ -14,6 +14,7 @@ def face_out(face: Face) -> schemas.Face:
         bbox=[float(v) for v in face.bbox],
         det_score=face.det_score,
         model=face.model,
+        image_sha256=face.image_sha256,
         created_at=face.created_at,
     )
 

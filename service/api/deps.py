@@ -10,9 +10,10 @@ from fastapi import Depends, Query, Request, UploadFile
 from PIL import Image
 from sqlalchemy.orm import Session
 
-from service.api.errors import APIError, too_many_faces
+from service.api.errors import APIError
 from service.api.state import AppState
 from service.pipeline import ImageDecodeError, StageTimes, decode_image
+from service.pipeline.face_policy import check_face_limit
 from service.schemas import DetectedFace
 
 # How long a request waits for a free image slot before it is told to come back later (503).
@@ -94,8 +95,5 @@ def detect_faces(
 ) -> list[DetectedFace]:
     """Faces in the picture, refusing a photo with more than the configured maximum (422 too_many_faces)."""
     faces = state.pipeline.detect(picture, times, min_face_size)
-    limit = state.settings.max_faces
-    # The pipeline is built to keep one face more than the limit, so "more than the limit" is visible here.
-    if len(faces) > limit:
-        raise too_many_faces(limit, field)
+    check_face_limit(faces, state.settings.max_faces, field)
     return faces

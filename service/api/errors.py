@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.pipeline.face_policy import FaceRefused
+
 log = logging.getLogger(__name__)
 
 
@@ -22,12 +24,6 @@ class APIError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
-
-
-def too_many_faces(limit: int, field: str = "image") -> APIError:
-    return APIError(
-        422, "too_many_faces", f"{field} has more than {limit} faces; the limit is {limit} per photo"
-    )
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
@@ -75,6 +71,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(FaceRefused)
+    async def _face_refused(_: Request, exc: FaceRefused) -> JSONResponse:
+        return JSONResponse(error_body(exc.code, exc.message), status_code=422)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

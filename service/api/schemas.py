@@ -83,6 +83,8 @@ class Face(BaseModel):
     bbox: list[float]
     det_score: float
     model: str
+    # sha256 of the uploaded photo: lets a client (ingest --url) tell a photo it already enrolled.
+    image_sha256: str
     created_at: datetime
 
 

@@ -67,19 +67,12 @@ class GpuFlatStorage:
     # are fine (faiss issue #1777).
     concurrent_search = False
 
-    def __init__(
-        self, dim: int, *, resources: Any, fp16: bool, device: int = 0, use_cuvs: bool | None = None
-    ) -> None:
+    def __init__(self, dim: int, *, resources: Any, fp16: bool) -> None:
         self.dim = dim
         self.fp16 = fp16
         self.resources = resources
-        self.device = device
-        self.use_cuvs = use_cuvs
         config = faiss.GpuIndexFlatConfig()
-        config.device = device
         config.useFloat16 = fp16
-        if use_cuvs is not None and hasattr(config, "use_cuvs"):
-            config.use_cuvs = use_cuvs
         self._index = faiss.GpuIndexFlatIP(resources, dim, config)
         self.max_k: int | None = _max_k(bool(getattr(config, "use_cuvs", False)))
 
@@ -99,11 +92,6 @@ class GpuFlatStorage:
 
     def clear(self) -> None:
         self._index.reset()
-
-    def empty_like(self) -> GpuFlatStorage:
-        return GpuFlatStorage(
-            self.dim, resources=self.resources, fp16=self.fp16, device=self.device, use_cuvs=self.use_cuvs
-        )
 
 
 class InterleavedStorage:
@@ -178,46 +166,23 @@ class FaissGpuFlatIndex(SlotIndex):
     then do not search them from different threads at once (each index serialises only its own searches).
     """
 
-    def __init__(
-        self,
-        dim: int,
-        *,
-        fp16: bool = True,
-        device: int = 0,
-        shards: int = 1,
-        resources: Any | None = None,
-        use_cuvs: bool | None = None,
-        temp_memory_bytes: int | None = None,
-    ) -> None:
+    def __init__(self, dim: int, *, fp16: bool = True, shards: int = 1) -> None:
         reason = gpu_unavailable_reason()
         if reason is not None:
             raise GpuIndexUnavailable(reason)
         if shards < 1:
             raise ValueError("shards must be at least 1")
-        if resources is not None and shards > 1:
-            raise ValueError("shards need one StandardGpuResources each; do not pass resources")
-
-        def new_resources() -> Any:
-            made = faiss.StandardGpuResources()
-            if temp_memory_bytes is not None:
-                made.setTempMemory(temp_memory_bytes)
-            return made
-
         self.fp16 = fp16
         self.shards = shards
-        self.resources = [resources] if resources is not None else [new_resources() for _ in range(shards)]
+        self.resources = [faiss.StandardGpuResources() for _ in range(shards)]
 
         def make_storage() -> FlatStorage:
-            parts = [
-                GpuFlatStorage(dim, resources=r, fp16=fp16, device=device, use_cuvs=use_cuvs)
-                for r in self.resources
-            ]
+            parts = [GpuFlatStorage(dim, resources=r, fp16=fp16) for r in self.resources]
             return parts[0] if len(parts) == 1 else InterleavedStorage(parts)
 
         super().__init__(make_storage(), new_storage=make_storage)
         log.info(
-            "FAISS GPU flat index on device %d: %s storage, %d shard(s), k up to %s",
-            device,
+            "FAISS GPU flat index on device 0: %s storage, %d shard(s), k up to %s",
             "fp16" if fp16 else "fp32",
             shards,
             self._storage.max_k,

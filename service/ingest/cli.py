@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -56,7 +55,6 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("FACEBANK_API_KEY"),
         help="--url: API key with the enroll and identify scopes (default FACEBANK_API_KEY)",
     )
     parser.add_argument(
@@ -208,13 +206,14 @@ def _run(
     stop: Any,
 ) -> dict[str, Any]:
     if args.url:
+        from service.cli.common import api_key_of
         from service.ingest.remote import RemoteOptions, run_remote
 
         remote = run_remote(
             items,
             base_url=args.url,
             settings=settings,
-            options=RemoteOptions(gates=gates, concurrency=workers, api_key=args.api_key),
+            options=RemoteOptions(gates=gates, concurrency=workers, api_key=api_key_of(args, settings)),
             tally=tally,
             stop=stop,
         )

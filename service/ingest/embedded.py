@@ -33,10 +33,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import enrolment
 from service.active_model import resolve_embedder
 from service.config import Settings
 from service.ingest.gates import Gates, Verdict, check_blur, pick_face
@@ -55,19 +55,16 @@ from service.ingest.scan import IngestItem
 from service.pipeline import FacePipeline, ImageDecodeError, StageTimes, decode_image
 from service.pipeline.factory import build_pipeline
 from service.schemas import DetectedFace
+from service.security import Principal, cli_principal
 from service.storage import repository as repo
-from service.storage import service_settings
 from service.storage.engine import make_engine, make_session_factory
+from service.storage.locks import lock_ingest_writers
 from service.storage.migrate import upgrade_to_head
-from service.storage.tables import Face, Identity
 
 log = logging.getLogger(__name__)
 
 # Attempts for a photo's transaction when the database is briefly unavailable or a race is lost.
 STORE_ATTEMPTS = 4
-
-# Why a fixed key: every ingest process on a PostgreSQL database agrees on it ("fbingest" in ASCII).
-INGEST_LOCK_KEY = int.from_bytes(b"fbingest", "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +104,8 @@ class IdentityDirectory:
         self._lock = threading.Lock()
 
     def load(self, session: Session) -> None:
-        query = select(Identity.id, Identity.name, Identity.external_id).order_by(
-            Identity.created_at, Identity.id
-        )
         with self._lock:
-            for identity_id, name, external_id in session.execute(query):
+            for identity_id, name, external_id in repo.identity_handles(session):
                 self._ids.setdefault(("name", name), identity_id)
                 if external_id is not None:
                     self._ids[("external_id", external_id)] = identity_id
@@ -126,12 +120,9 @@ class IdentityDirectory:
         if known is not None:
             return known
         kind, value = item.identity_key
-        query = select(Identity.id)
         if kind == "external_id":
-            query = query.where(Identity.external_id == value)
-        else:
-            query = query.where(Identity.name == value).order_by(Identity.created_at, Identity.id)
-        return session.execute(query.limit(1)).scalar_one_or_none()
+            return repo.find_identity_id(session, external_id=value)
+        return repo.find_identity_id(session, name=value)
 
     def remember(self, item: IngestItem, identity_id: uuid.UUID) -> None:
         with self._lock:
@@ -142,121 +133,67 @@ class IdentityDirectory:
             self._ids.pop(item.identity_key, None)
 
 
-def _lock_writers(session: Session) -> None:
-    """Serialise the write transactions of every ingest process on this database until the commit.
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where and as whom a run stores: the database, its identities, the embedder's tag, the audit actor."""
 
-    Why one lock for all: a photo's check-then-insert (and an identity's find-then-create) must not
-    interleave with another process's; the transactions are short (one batch), so serialising them costs
-    little, and with a single lock no two processes can deadlock.
-    """
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        # Why: pysqlite opens its transaction lazily at the first INSERT, so two processes could both pass
-        # the check. BEGIN IMMEDIATE takes SQLite's single write lock first; readers are not blocked (WAL).
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    elif connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": INGEST_LOCK_KEY})
+    sessions: sessionmaker[Session]
+    directory: IdentityDirectory
+    model: str
+    actor: Principal
 
 
-class EmbedderSwitched(RuntimeError):
-    """`facebank models use` made another embedder active while this ingest was running."""
-
-
-def _check_still_active(session: Session, model: str) -> None:
-    # Read under the writers' lock, so a batch is never stored under a model that is no longer searched.
-    active = service_settings.switched_away_from(session, model, lock=True)
-    if active is not None:
-        raise EmbedderSwitched(
-            f"the active embedder changed to {active} during this ingest (it embeds with {model}); "
-            "nothing more is stored: run the ingest again to enroll the rest with the new model"
-        )
-
-
-def _present(session: Session, model: str, sha256s: Iterable[str]) -> set[tuple[uuid.UUID, str]]:
-    """(identity id, image sha256) of the faces of `model` already stored from these images."""
-    # Why one query for the batch: each round trip from this thread waits for the GIL on its way back.
-    query = select(Face.identity_id, Face.image_sha256).where(
-        Face.model == model, Face.image_sha256.in_(set(sha256s))
-    )
-    return {(identity_id, sha256) for identity_id, sha256 in session.execute(query)}
-
-
-def store_faces(
-    sessions: sessionmaker[Session],
-    directory: IdentityDirectory,
-    batch: Sequence[tuple[_Accepted, np.ndarray]],
-    model: str,
-) -> list[Outcome]:
+def store_faces(to: Destination, batch: Sequence[tuple[_Accepted, np.ndarray]]) -> list[Outcome]:
     """Photos in one transaction, each whole or not at all: its identity if new, then its face unless this
-    image is already in for that identity and model. Raises (and stores nothing) if any of them fails."""
+    image is already in for that identity and model; audited like the API's. Raises (and stores nothing) if
+    any of them fails, :class:`enrolment.EmbedderSwitched` when `model` is no longer the active one."""
     outcomes: list[Outcome] = []
     resolved: dict[tuple[str, str], uuid.UUID] = {}
-    with sessions() as session:
-        _lock_writers(session)
-        _check_still_active(session, model)
-        for accepted, _ in batch:
-            key = accepted.item.identity_key
-            if key not in resolved and (known := directory.find(session, accepted.item)) is not None:
-                resolved[key] = known
-        present = _present(session, model, (accepted.sha256 for accepted, _ in batch))
-        for accepted, embedding in batch:
-            item, face = accepted.item, accepted.face
-            identity_id = resolved.get(item.identity_key)
-            if identity_id is None:
-                identity_id = repo.create_identity(session, name=item.name, external_id=item.external_id).id
-                resolved[item.identity_key] = identity_id
-            elif (identity_id, accepted.sha256) in present:
-                outcomes.append(Outcome.of(item, Status.SKIPPED, ALREADY_INGESTED))
-                continue
-            repo.add_face(
-                session,
-                identity_id=identity_id,
-                embedding=embedding,
-                model=model,
-                bbox=[float(v) for v in face.bbox],
-                det_score=face.score,
-                landmarks=face.landmarks.tolist(),
-                image_sha256=accepted.sha256,
+    with to.sessions() as session:
+        lock_ingest_writers(session)
+        with enrolment.begin(session, model=to.model, actor=to.actor) as unit:
+            for accepted, _ in batch:
+                key = accepted.item.identity_key
+                if key not in resolved and (known := to.directory.find(session, accepted.item)) is not None:
+                    resolved[key] = known
+            present = repo.images_already_in(
+                session, model=to.model, image_sha256s=(accepted.sha256 for accepted, _ in batch)
             )
-            present.add((identity_id, accepted.sha256))
-            outcomes.append(Outcome.of(item, Status.INGESTED))
-        session.commit()
+            for accepted, embedding in batch:
+                item = accepted.item
+                identity_id = resolved.get(item.identity_key)
+                if identity_id is None:
+                    identity_id = unit.create_identity(name=item.name, external_id=item.external_id).id
+                    resolved[item.identity_key] = identity_id
+                elif (identity_id, accepted.sha256) in present:
+                    outcomes.append(Outcome.of(item, Status.SKIPPED, ALREADY_INGESTED))
+                    continue
+                unit.add_face(identity_id, accepted.face, embedding, image_sha256=accepted.sha256)
+                present.add((identity_id, accepted.sha256))
+                outcomes.append(Outcome.of(item, Status.INGESTED))
     for accepted, _ in batch:
-        directory.remember(accepted.item, resolved[accepted.item.identity_key])
+        to.directory.remember(accepted.item, resolved[accepted.item.identity_key])
     return outcomes
 
 
-def _store_batch(
-    sessions: sessionmaker[Session],
-    directory: IdentityDirectory,
-    batch: Sequence[tuple[_Accepted, np.ndarray]],
-    model: str,
-) -> list[Outcome]:
+def _store_batch(to: Destination, batch: Sequence[tuple[_Accepted, np.ndarray]]) -> list[Outcome]:
     """The batch in one transaction (one commit, one fsync); if that fails, photo by photo with retries."""
     try:
-        return store_faces(sessions, directory, batch, model)
+        return store_faces(to, batch)
     except (SQLAlchemyError, repo.Conflict) as exc:
         log.debug("storing a batch of %d failed (%s); storing one by one", len(batch), _first_line(exc))
-    return [
-        _store_with_retries(sessions, directory, accepted, embedding, model) for accepted, embedding in batch
-    ]
+    return [_store_with_retries(to, accepted, embedding) for accepted, embedding in batch]
 
 
-def _store_with_retries(
-    sessions: sessionmaker[Session],
-    directory: IdentityDirectory,
-    accepted: _Accepted,
-    embedding: np.ndarray,
-    model: str,
-) -> Outcome:
+def _store_with_retries(to: Destination, accepted: _Accepted, embedding: np.ndarray) -> Outcome:
     last: Exception | None = None
     for attempt in range(STORE_ATTEMPTS):
         try:
-            (outcome,) = store_faces(sessions, directory, [(accepted, embedding)], model)
+            (outcome,) = store_faces(to, [(accepted, embedding)])
             return outcome
         except (repo.Conflict, IntegrityError) as exc:
             # Someone else made the external_id meanwhile, or deleted the identity we remembered: look again.
-            directory.forget(accepted.item)
+            to.directory.forget(accepted.item)
             last = exc
         except OperationalError as exc:
             # The database was locked past its busy timeout or the connection dropped: wait and try again.
@@ -290,19 +227,11 @@ class _StageClock:
 class _Writer(threading.Thread):
     """Commits each embedded batch; outcomes go to the tally as they land."""
 
-    def __init__(
-        self,
-        sessions: sessionmaker[Session],
-        directory: IdentityDirectory,
-        model: str,
-        tally: Tally,
-        clock: _StageClock,
-    ) -> None:
+    def __init__(self, to: Destination, tally: Tally, clock: _StageClock) -> None:
         # Why daemon: a process aborted while this commits (Ctrl-C again) exits; the transaction rolls back.
         super().__init__(name="ingest-writer", daemon=True)
         self._queue: queue.Queue[tuple[list[_Accepted], np.ndarray] | None] = queue.Queue(maxsize=4)
-        self._sessions, self._directory, self._model = sessions, directory, model
-        self._tally, self._clock = tally, clock
+        self._to, self._tally, self._clock = to, tally, clock
 
     def put(self, batch: list[_Accepted], embeddings: np.ndarray) -> None:
         self._queue.put((batch, embeddings))
@@ -316,14 +245,13 @@ class _Writer(threading.Thread):
             times = StageTimes()
             with times.stage("store"):
                 try:
-                    outcomes = _store_batch(
-                        self._sessions,
-                        self._directory,
-                        list(zip(batch, embeddings, strict=True)),
-                        self._model,
+                    outcomes = _store_batch(self._to, list(zip(batch, embeddings, strict=True)))
+                except enrolment.EmbedderSwitched as exc:
+                    reason = (
+                        f"the active embedder changed to {exc.active} during this ingest (it embeds with "
+                        f"{exc.model}); nothing more is stored: run the ingest again to enroll the rest with "
+                        "the new model"
                     )
-                except EmbedderSwitched as exc:
-                    reason = str(exc)
                     outcomes = [Outcome.of(a.item, Status.ERROR, EMBEDDER_SWITCHED, reason) for a in batch]
                 except Exception as exc:  # a bug must not end the run; the photos are reported as errors
                     log.exception("storing a batch failed")
@@ -377,7 +305,9 @@ class _Preparer:
                 image = decode_image(data, max_pixels=self._settings.max_image_pixels)
         except ImageDecodeError as exc:
             return Outcome.of(item, Status.REJECTED, exc.code, exc.message)
-        choice = pick_face(self._pipeline.detect(image, times), self._gates)
+        choice = pick_face(
+            self._pipeline.detect(image, times), self._gates, max_faces=self._settings.max_faces
+        )
         if isinstance(choice, Verdict):
             return Outcome.of(item, Status.REJECTED, choice.reason, choice.detail)
         crop = self._pipeline.align(image, [choice], times)[0]
@@ -419,7 +349,7 @@ def run_embedded(
         with sessions() as session:
             directory.load(session)
         prepare = _Preparer(pipeline, settings, options.gates, sessions, directory, model, clock)
-        writer = _Writer(sessions, directory, model, tally, clock)
+        writer = _Writer(Destination(sessions, directory, model, cli_principal()), tally, clock)
         writer.start()
         try:
             _feed(items, prepare, pipeline, writer, options, tally, stop, clock)

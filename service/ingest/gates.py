@@ -1,7 +1,7 @@
 """Quality gates: which detected face of a photo to enroll, or why none.
 
-The same rules run in embedded and --url mode. The face enrolled is the largest one (by box area), as the
-API's enroll endpoint picks it; the gates then judge that face.
+The same rules run in embedded and --url mode. The face is chosen by the service's face policy
+(`service.pipeline.face_policy`, as the API's enroll endpoint chooses it); the gates then judge that face.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ if TYPE_CHECKING:  # Why: `facebank --help` imports this module for the defaults
 
 MultiFacePolicy = Literal["largest", "skip"]
 
-# Reject reasons, as they appear in the report.
-NO_FACE: Final = "no_face"
-MULTIPLE_FACES: Final = "multiple_faces"
+# Reject reasons, as they appear in the report (besides the face policy's codes).
 FACE_TOO_SMALL: Final = "face_too_small"
 LOW_SCORE: Final = "low_score"
 BLURRY: Final = "blurry"
@@ -50,13 +48,14 @@ class Verdict:
     detail: str = ""
 
 
-def pick_face(faces: list[DetectedFace], gates: Gates) -> DetectedFace | Verdict:
+def pick_face(faces: list[DetectedFace], gates: Gates, *, max_faces: int) -> DetectedFace | Verdict:
     """The face to enroll, or the reason the photo is rejected (before alignment)."""
-    if not faces:
-        return Verdict(NO_FACE, "the detector found no face")
-    if len(faces) > 1 and gates.multi_face == "skip":
-        return Verdict(MULTIPLE_FACES, f"{len(faces)} faces and --multi-face skip")
-    face = max(faces, key=lambda f: f.area)
+    from service.pipeline.face_policy import FaceRefused, choose_face
+
+    try:
+        face = choose_face(faces, "single" if gates.multi_face == "skip" else "largest", limit=max_faces)
+    except FaceRefused as refused:
+        return Verdict(refused.code, refused.message)
     side = min(face.width, face.height)
     if side < gates.min_face_size:
         return Verdict(FACE_TOO_SMALL, f"{side:.0f} px < {gates.min_face_size:g} px")

@@ -6,12 +6,12 @@ POST /v1/detect (the quality gates and the already-ingested check run on its ans
 and POST /v1/identities/{id}/faces. Connection errors, timeouts, 429 and 5xx answers are retried with
 exponential back-off and jitter.
 
-Exactly once without a server-side idempotency key: the Face bodies of this API carry no image hash, so a
-photo counts as already enrolled for an identity when one of that identity's faces of the server's model has
-the box and score that /v1/detect gives for the photo (the server's detector is deterministic; the
-detect answer is rounded to 0.01 px and 1e-5, hence the tolerances). When a server does return
-`image_sha256` on faces, that is used instead. Before an enroll request is retried, the identity's faces are
-read again, so a request whose answer was lost is not enrolled twice.
+Exactly once without a server-side idempotency key: a photo counts as already enrolled for an identity when
+one of that identity's faces of the server's model carries the photo's `image_sha256`. (A face body without
+it, from an older server, is matched by the box and score that /v1/detect gives for the photo: the server's
+detector is deterministic; the detect answer is rounded to 0.01 px and 1e-5, hence the tolerances.) Before
+an enroll request is retried, the identity's faces are read again, so a request whose answer was lost is not
+enrolled twice.
 
 Identities are matched as in embedded mode (external_id, else the oldest identity with exactly that name)
 and created once per run. Two ingest processes creating the same new *name* at the same moment through the
@@ -108,15 +108,13 @@ def run_remote(
 ) -> RemoteInfo:
     """Ingest `items` through the server at `base_url`; outcomes go to `tally`."""
     client = _Client(base_url, options, transport)
-    ingester = _RemoteIngester(
-        client, options, _alignment_template(settings), settings.max_image_pixels, tally, stop
-    )
+    ingester = _RemoteIngester(client, options, _alignment_template(settings), settings, tally, stop)
     return asyncio.run(ingester.run(items))
 
 
 def _alignment_template(settings: Settings) -> tuple[np.ndarray, tuple[int, int]]:
     """The embedder's five-point template, for the blur gate on the aligned crop (no model is loaded)."""
-    from models.manifest import PROJECT_MANIFEST, load_manifest
+    from service.runtime.manifest import PROJECT_MANIFEST, load_manifest
     from service.runtime.models import embedder_config
 
     prepared = settings.model_dir / "manifest.toml"
@@ -211,13 +209,13 @@ class _RemoteIngester:
         client: _Client,
         options: RemoteOptions,
         alignment: tuple[np.ndarray, tuple[int, int]],
-        max_pixels: int,
+        settings: Settings,
         tally: Tally,
         stop: StopFlag,
     ) -> None:
         self.client, self.options, self.tally, self.stop = client, options, tally, stop
         self.template, self.crop_size = alignment
-        self.max_pixels = max_pixels
+        self.max_pixels, self.max_faces = settings.max_image_pixels, settings.max_faces
         self.identities = _Identities()
         self.model: str | None = None
         self._key_locks: dict[Any, asyncio.Lock] = {}
@@ -312,7 +310,8 @@ class _RemoteIngester:
             return Outcome.of(item, Status.REJECTED, _error_code(response), _error_text(response))
         if response.status_code != 200:
             return self._http_error(item, "POST /v1/detect", response)
-        choice = pick_face([_detected(f) for f in response.json()["faces"]], self.options.gates)
+        faces = [_detected(f) for f in response.json()["faces"]]
+        choice = pick_face(faces, self.options.gates, max_faces=self.max_faces)
         if isinstance(choice, Verdict):
             return Outcome.of(item, Status.REJECTED, choice.reason, choice.detail)
         crop = await asyncio.to_thread(self._align, image, choice)

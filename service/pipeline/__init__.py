@@ -12,8 +12,9 @@ from PIL import Image
 
 from service.pipeline.align import align_face
 from service.pipeline.decode import ImageDecodeError, decode_image
-from service.pipeline.detect import Detector, DetectorConfig
-from service.pipeline.embed import Embedder, EmbedderConfig, l2_normalize
+from service.pipeline.detect import Detector
+from service.pipeline.embed import Embedder, l2_normalize
+from service.runtime.stages import DetectorConfig, EmbedderConfig
 from service.schemas import DetectedFace, EmbeddedFace
 
 __all__ = [
@@ -50,7 +51,6 @@ class DetectionLimits:
     max_side: int
     score_threshold: float | None
     min_face_size: float
-    max_faces: int
     find_down_to: float = 0.0  # photo pixels; see Detector.detect_many
 
     def for_request(self, min_face_size: float | None) -> tuple[float, float]:
@@ -71,7 +71,8 @@ class FacePipeline:
     def detect(
         self, image: Image.Image, times: StageTimes | None = None, min_face_size: float | None = None
     ) -> list[DetectedFace]:
-        """Faces of the image; `min_face_size` (photo pixels) overrides the limits' smallest face."""
+        """Every face found, best score first (how many a photo may have is `face_policy`'s rule);
+        `min_face_size` (photo pixels) overrides the limits' smallest face."""
         return self.detect_many([image], times, [min_face_size])[0]
 
     def detect_many(
@@ -89,7 +90,6 @@ class FacePipeline:
                 max_side=self.limits.max_side,
                 score_threshold=self.limits.score_threshold,
                 min_face_size=[smallest for _, smallest in wanted],
-                max_faces=self.limits.max_faces,
                 find_down_to=[down_to for down_to, _ in wanted],
             )
 

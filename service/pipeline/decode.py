@@ -108,7 +108,3 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
-
-
-def image_to_array(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.uint8)

@@ -4,39 +4,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
+from service.runtime.stages import DetectorConfig, OnnxSession
 from service.schemas import DetectedFace
 
 # Images per detector call within one shape group: at 640 px a call's input is 8 x 3 x 640 x 640 floats
 # (~40 MB) and its activations many times that, where an uncapped group of 256 would need gigabytes.
 DETECT_BATCH = 8
-
-
-@dataclass(frozen=True, slots=True)
-class DetectorConfig:
-    min_sizes: tuple[tuple[int, ...], ...]
-    steps: tuple[int, ...]
-    variances: tuple[float, float]
-    mean: tuple[float, float, float]  # pixel units, in channel_order
-    std: tuple[float, float, float]
-    channel_order: str  # "RGB" or "BGR"
-    score_threshold: float = 0.5
-    nms_threshold: float = 0.4
-    max_side: int = 640
-    # Face width, in the network's input pixels, found reliably: sets the scale of the pass for small faces.
-    # RetinaFace-mnet0.25 finds 96.9 % of celeba-train faces 20 px wide, 91.1 % at 16 px (docs/accuracy.md,
-    # `python -m bench.group_photos --sizes-at-input`); celeba-train, not LFW, so LFW stays a test.
-    smallest_face: float = 20.0
-
-
-class OnnxSession(Protocol):
-    def run(self, output_names: list[str] | None, input_feed: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
 
 @lru_cache(maxsize=64)
@@ -164,7 +142,6 @@ class Detector:
         max_side: int | None = None,
         score_threshold: float | None = None,
         min_face_size: float = 0.0,
-        max_faces: int | None = None,
         find_down_to: float = 0.0,
     ) -> list[DetectedFace]:
         """Faces in `image`, best score first, in the image's pixel coordinates (see `detect_many`)."""
@@ -173,7 +150,6 @@ class Detector:
             max_side=max_side,
             score_threshold=score_threshold,
             min_face_size=min_face_size,
-            max_faces=max_faces,
             find_down_to=find_down_to,
         )
         return faces
@@ -185,7 +161,6 @@ class Detector:
         max_side: int | None = None,
         score_threshold: float | None = None,
         min_face_size: float | Sequence[float] = 0.0,
-        max_faces: int | None = None,
         pad_to_common_shape: bool = False,
         find_down_to: float | Sequence[float] = 0.0,
     ) -> list[list[DetectedFace]]:
@@ -219,10 +194,9 @@ class Detector:
             for (row, _), faces in zip(fine, self._run(jobs, threshold, False), strict=True):
                 results[row] = self._merge(results[row] + faces)
         smallest = _per_image(min_face_size, len(images))
-        kept = [
+        return [
             [f for f in faces if min(f.width, f.height) >= smallest[row]] for row, faces in enumerate(results)
         ]
-        return [faces[:max_faces] if max_faces else faces for faces in kept]
 
     def _run(
         self, jobs: Sequence[tuple[Image.Image, int]], threshold: float, pad_to_common_shape: bool

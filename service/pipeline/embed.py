@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
 import numpy as np
 
-from service.pipeline.detect import OnnxSession
-
-
-@dataclass(frozen=True, slots=True)
-class EmbedderConfig:
-    input_size: tuple[int, int]  # width, height
-    dim: int
-    template: np.ndarray  # (5, 2) landmark positions in the input crop
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    channel_order: str
-    threshold: float
-    max_batch: int = 64
+from service.runtime.stages import BindingSession, EmbedderConfig, OnnxSession
 
 
 def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, eps)
-
-
-@runtime_checkable
-class BindingSession(Protocol):
-    """A session writing outputs into arrays the caller owns (IO binding; service.runtime.sessions)."""
-
-    def run_into(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None: ...
 
 
 class Embedder:

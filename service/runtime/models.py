@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from models.manifest import Manifest, ManifestError, ModelEntry, load_manifest, sha256_file
-from service.pipeline.detect import DetectorConfig, OnnxSession
-from service.pipeline.embed import EmbedderConfig
+from service.runtime.manifest import Manifest, ManifestError, ModelEntry, load_manifest, sha256_file
 from service.runtime.sessions import (
     Device,
     IoBoundSession,
@@ -26,6 +24,7 @@ from service.runtime.sessions import (
     on_cuda,
     runner_for,
 )
+from service.runtime.stages import DetectorConfig, EmbedderConfig, OnnxSession
 
 PREPARE_HINT = "run `facebank models prepare --from DIR` (or `--download`) to prepare them"
 FP16_HINT = (

@@ -29,8 +29,6 @@ def face_keys_of_other_models(session: Session, *, model: str) -> list[int]:
     return list(session.scalars(select(Face.key).where(Face.model != model).order_by(Face.key)))
 
 
-def face_keys_of_model(session: Session, *, model: str) -> list[int]:
-    return list(session.scalars(select(Face.key).where(Face.model == model).order_by(Face.key)))
 
 
 def identities_only_with_model(session: Session, *, model: str) -> list[uuid.UUID]:

@@ -205,6 +205,28 @@ def delete_identity(session: Session, *, identity_id: uuid.UUID) -> list[int] | 
     return keys
 
 
+def identity_handles(session: Session) -> Iterator[tuple[uuid.UUID, str, str | None]]:
+    """`(id, name, external_id)` of every identity, oldest first (what ingest matches photos by)."""
+    query = select(Identity.id, Identity.name, Identity.external_id).order_by(
+        Identity.created_at, Identity.id
+    )
+    yield from session.execute(query).tuples()
+
+
+def find_identity_id(
+    session: Session, *, external_id: str | None = None, name: str | None = None
+) -> uuid.UUID | None:
+    """The identity with this external_id, else the oldest with exactly this name; None if there is none."""
+    if (external_id is None) == (name is None):
+        raise ValueError("give exactly one of external_id and name")
+    query = select(Identity.id)
+    if external_id is not None:
+        query = query.where(Identity.external_id == external_id)
+    else:
+        query = query.where(Identity.name == name).order_by(Identity.created_at, Identity.id)
+    return session.execute(query.limit(1)).scalar_one_or_none()
+
+
 def identity_names(session: Session, *, identity_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
     """Names of the identities that exist among `identity_ids`."""
     names: dict[uuid.UUID, str] = {}
@@ -295,11 +317,26 @@ def find_face_by_image(
     return session.scalars(query).first()
 
 
+def images_already_in(
+    session: Session, *, model: str, image_sha256s: Iterable[str]
+) -> set[tuple[uuid.UUID, str]]:
+    """(identity id, image sha256) of the faces of `model` already stored from these images, in one query."""
+    query = select(Face.identity_id, Face.image_sha256).where(
+        Face.model == model, Face.image_sha256.in_(set(image_sha256s))
+    )
+    return {(identity_id, sha256) for identity_id, sha256 in session.execute(query)}
+
+
 def count_faces(session: Session, *, model: str | None = None) -> int:
     query = select(func.count()).select_from(Face)
     if model is not None:
         query = query.where(Face.model == model)
     return session.execute(query).scalar_one()
+
+
+def face_keys_of_model(session: Session, *, model: str) -> list[int]:
+    """Keys of the faces embedded with `model`, ascending."""
+    return list(session.scalars(select(Face.key).where(Face.model == model).order_by(Face.key)))
 
 
 def models_in_use(session: Session) -> dict[str, int]:

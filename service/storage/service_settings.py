@@ -24,9 +24,7 @@ def get_value(session: Session, *, key: str, lock: bool = False) -> str | None:
 
 def put_value(session: Session, *, key: str, value: str) -> str | None:
     """Set `key` to `value`; returns the value it had before (None if it had none)."""
-    previous = session.scalar(
-        select(ServiceSetting.value).where(ServiceSetting.key == key).with_for_update()
-    )
+    previous = session.scalar(select(ServiceSetting.value).where(ServiceSetting.key == key).with_for_update())
     statement = _insert(session).values(key=key, value=value, updated_at=utcnow())
     statement = statement.on_conflict_do_update(
         index_elements=[ServiceSetting.key], set_={"value": value, "updated_at": utcnow()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def test_enrolled_face_has_the_contract_shape(client: TestClient, enrolled: dict
     detail = client.get(f"/v1/identities/{enrolled['Tony_Blair']}").json()
     assert detail["face_count"] == 1
     (face,) = detail["faces"]
-    assert set(face) == {"id", "identity_id", "bbox", "det_score", "model", "created_at"}
+    assert set(face) == {"id", "identity_id", "bbox", "det_score", "model", "image_sha256", "created_at"}
+    assert face["image_sha256"] == hashlib.sha256(_photo("Tony_Blair", 1).read_bytes()).hexdigest()
     assert face["model"].startswith("mobilefacenet@") and face["det_score"] > 0.9
     x1, y1, x2, y2 = face["bbox"]
     assert 40 < x1 < x2 < 210 and 40 < y1 < y2 < 230  # LFW faces sit near the centre
@@ -64,6 +66,25 @@ def test_another_photo_of_an_enrolled_person_identifies_them_first(
     assert len(face["landmarks"]) == 5 and len(face["matches"]) == 3
     scores = [m["score"] for m in face["matches"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_the_threshold_of_the_request_decides_who_is_named(
+    client: TestClient, enrolled: dict[str, str]
+) -> None:
+    probe = _upload(_photo("Tony_Blair", 2))
+
+    def main_face(params: dict[str, object]) -> dict:
+        body = client.post("/v1/identify", files=probe, params=params).json()
+        return max(body["faces"], key=lambda f: (f["bbox"][2] - f["bbox"][0]) * (f["bbox"][3] - f["bbox"][1]))
+
+    best = main_face({})["matches"][0]["score"]
+    above, below = main_face({"threshold": min(best + 0.01, 1.0)}), main_face({"threshold": best - 0.01})
+    # Above the best score nobody is named though the ranking is unchanged; just below it, the best is.
+    assert above["identity"] is None and above["matches"][0]["name"] == "Tony_Blair"
+    assert below["identity"] is not None and below["identity"]["id"] == enrolled["Tony_Blair"]
+    # The default (the model's) threshold lies below this genuine pair's score, so a threshold above the
+    # score is not what the default would give: the request's own value was used.
+    assert main_face({})["identity"] is not None
 
 
 def test_an_unenrolled_person_comes_back_unknown(client: TestClient, enrolled: dict[str, str]) -> None:

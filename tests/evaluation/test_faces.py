@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from models.evaluation.faces import ArrayCache, CacheKeys, FaceBatch, choose_face, embed_files
-from models.manifest import load_manifest
 from service.config import Settings
 from service.pipeline.factory import build_pipeline
+from service.runtime.manifest import load_manifest
 from service.schemas import DetectedFace
 
 

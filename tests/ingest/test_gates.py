@@ -8,15 +8,16 @@ from service.ingest.gates import (
     BLURRY,
     FACE_TOO_SMALL,
     LOW_SCORE,
-    MULTIPLE_FACES,
-    NO_FACE,
     Gates,
     Verdict,
     check_blur,
     laplacian_variance,
     pick_face,
 )
+from service.pipeline.face_policy import MULTIPLE_FACES, NO_FACE, TOO_MANY_FACES
 from service.schemas import DetectedFace
+
+LIMIT = 64
 
 
 def _face(x: float, y: float, side: float, score: float = 0.99) -> DetectedFace:
@@ -36,7 +37,7 @@ def _blurred(crop: np.ndarray, radius: float) -> np.ndarray:
 def test_the_largest_face_is_picked_and_passes_the_default_gates() -> None:
     small, large = _face(0, 0, 40), _face(100, 0, 90)
 
-    assert pick_face([small, large], Gates()) is large
+    assert pick_face([small, large], Gates(), max_faces=LIMIT) is large
 
 
 @pytest.mark.parametrize(
@@ -46,17 +47,20 @@ def test_the_largest_face_is_picked_and_passes_the_default_gates() -> None:
         ([_face(0, 0, 90), _face(100, 0, 80)], Gates(multi_face="skip"), MULTIPLE_FACES),
         ([_face(0, 0, 31)], Gates(min_face_size=32), FACE_TOO_SMALL),
         ([_face(0, 0, 90, score=0.7)], Gates(min_score=0.9), LOW_SCORE),
+        ([_face(100 * i, 0, 90) for i in range(LIMIT + 1)], Gates(), TOO_MANY_FACES),
     ],
 )
 def test_each_gate_rejects_with_its_reason(faces: list[DetectedFace], gates: Gates, reason: str) -> None:
-    verdict = pick_face(faces, gates)
+    verdict = pick_face(faces, gates, max_faces=LIMIT)
 
     assert isinstance(verdict, Verdict) and verdict.reason == reason and verdict.detail
 
 
 def test_gates_judge_the_largest_face_only_as_the_enroll_endpoint_picks_it() -> None:
     # The largest face is low-scored; a smaller confident one does not rescue the photo.
-    verdict = pick_face([_face(0, 0, 100, score=0.6), _face(200, 0, 50)], Gates(min_score=0.9))
+    verdict = pick_face(
+        [_face(0, 0, 100, score=0.6), _face(200, 0, 50)], Gates(min_score=0.9), max_faces=LIMIT
+    )
 
     assert isinstance(verdict, Verdict) and verdict.reason == LOW_SCORE
 
@@ -65,7 +69,7 @@ def test_zero_thresholds_turn_the_gates_off() -> None:
     off = Gates(min_face_size=0, min_score=0, min_blur=0)
     face = _face(0, 0, 5, score=0.51)
 
-    assert pick_face([face], off) is face
+    assert pick_face([face], off, max_faces=LIMIT) is face
     assert check_blur(np.full((112, 112, 3), 128, np.uint8), off) is None
 
 

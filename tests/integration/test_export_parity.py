@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.manifest import PROJECT_MANIFEST, ModelEntry, load_manifest
+from service.runtime.manifest import PROJECT_MANIFEST, ModelEntry, load_manifest
 from tests.conftest import LFW, SHARED_MODELS, require_shared
 
 pytestmark = pytest.mark.shared
@@ -231,7 +231,7 @@ def test_same_person_embeddings_are_closer_than_different_people(exported: Expor
 
 def test_exports_are_deterministic(exported: Exported, tmp_path: Path) -> None:
     """Exporting twice gives byte-identical files, so the prepared manifest's sha256 is reproducible."""
-    from models.manifest import sha256_file
+    from service.runtime.manifest import sha256_file
 
     again = tmp_path / "again.onnx"
     source = SHARED_MODELS / exported.detector_entry.source_file

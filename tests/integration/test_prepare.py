@@ -24,7 +24,7 @@ from models.export.prepare import (
     download_source,
     prepare_models,
 )
-from models.manifest import PROJECT_MANIFEST, ManifestError, load_manifest, sha256_file
+from service.runtime.manifest import PROJECT_MANIFEST, ManifestError, load_manifest, sha256_file
 from tests.conftest import SHARED_MODELS, require_shared
 
 DETECTOR, EMBEDDER = "retinaface-mnet025", "mobilefacenet"

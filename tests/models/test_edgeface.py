@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from models.licences import non_commercial
-from models.manifest import PROJECT_MANIFEST, Manifest, load_manifest, sha256_file, write_manifest
+from service.runtime.manifest import PROJECT_MANIFEST, Manifest, load_manifest, sha256_file, write_manifest
 from tests.conftest import LFW, SHARED_MODELS, require_shared
 
 torch = pytest.importorskip("torch", reason="EdgeFace export needs the train extra (torch)")

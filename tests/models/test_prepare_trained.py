@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.export.prepare import ModelSourceError, prepare_models
-from models.manifest import PROJECT_MANIFEST, Manifest, load_manifest, sha256_file, write_manifest
+from service.runtime.manifest import PROJECT_MANIFEST, Manifest, load_manifest, sha256_file, write_manifest
 from tests._embedders import FLIPPED, add_flipped_embedder, copy_model_dir
 from tests.conftest import SHARED_MODELS
 

@@ -80,7 +80,7 @@ def counted(models: LoadedModels) -> tuple[FacePipeline, CountingSession, Counti
     counted_pipeline = FacePipeline(
         Detector(detector_session, models.detector_config),
         Embedder(embedder_session, models.embedder_config),
-        DetectionLimits(max_side=640, score_threshold=None, min_face_size=0, max_faces=64),
+        DetectionLimits(max_side=640, score_threshold=None, min_face_size=0),
     )
     return counted_pipeline, detector_session, embedder_session
 

@@ -1,6 +1,7 @@
 import numpy as np
 
-from service.pipeline.embed import Embedder, EmbedderConfig, l2_normalize
+from service.pipeline.embed import Embedder, l2_normalize
+from service.runtime.stages import EmbedderConfig
 
 
 def test_l2_normalize_gives_unit_rows_and_leaves_zero_rows_finite() -> None:

@@ -13,11 +13,12 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from models.manifest import load_manifest
 from service.pipeline.detect import Detector
-from service.pipeline.embed import BindingSession, Embedder, EmbedderConfig
+from service.pipeline.embed import Embedder
+from service.runtime.manifest import load_manifest
 from service.runtime.models import detector_config, embedder_config
 from service.runtime.sessions import IoBoundSession, create_session, runner_for
+from service.runtime.stages import BindingSession, EmbedderConfig
 from tests.conftest import LFW
 
 pytestmark = pytest.mark.shared

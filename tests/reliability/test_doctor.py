@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select, update
 
-from models.manifest import load_manifest
 from service.cli import main as facebank
+from service.runtime.manifest import load_manifest
 from service.storage import make_engine, make_session_factory, upgrade_to_head
 from service.storage import repository as repo
 from service.storage.tables import AuditEvent, Face

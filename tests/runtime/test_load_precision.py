@@ -11,10 +11,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from models.manifest import Manifest, load_manifest, sha256_file, write_manifest
 from service.config import Settings
 from service.pipeline.factory import build_pipeline
 from service.runtime import ModelLoadError, load_models
+from service.runtime.manifest import Manifest, load_manifest, sha256_file, write_manifest
 from service.runtime.models import verified_fp16_onnx
 from service.runtime.sessions import Device
 

@@ -13,7 +13,6 @@ pytest.importorskip("torch", reason="training needs the train extra (torch)")
 import torch
 
 from models.losses import COCOLoss, CosFaceLoss, CSoftmaxLoss, SoftmaxLoss
-from models.manifest import PROJECT_MANIFEST, load_manifest, sha256_file, write_manifest
 from models.nets.mobilefacenet import MobileFaceNet
 from models.training.config import LOSSES, TrainConfig
 from models.training.data import CropSet, split_identities, validation_top1
@@ -31,6 +30,7 @@ from models.training.train import (
     split_network,
     train_embedder,
 )
+from service.runtime.manifest import PROJECT_MANIFEST, load_manifest, sha256_file, write_manifest
 
 
 def _crops(identities: int = 3, per_identity: int = 4, seed: int = 0) -> CropSet:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from service.api.deps import State
 from service.storage import repository as repo
@@ -28,7 +27,6 @@ def readyz(state: State) -> JSONResponse:
     checks: dict[str, object] = {"models": True}
     try:
         with state.sessions() as session:
-            session.execute(text("SELECT 1"))
             sql_faces = repo.count_faces(session, model=state.embedder_tag)
             all_faces = repo.count_faces(session)
             switched_to = service_settings.switched_away_from(session, state.embedder_tag)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Response, UploadFile
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
+from service import enrolment
 from service.api import schemas
 from service.api.auth import Enroll
 from service.api.convert import face_out, identity_out
-from service.api.deps import DB, State, Times, detect_faces, image_slot, read_image
+from service.api.deps import DB, State, Times, image_slot, read_image
 from service.api.errors import APIError, not_found
+from service.pipeline.face_policy import FacePolicy, choose_face
 from service.security import Actions, record
 from service.storage import repository as repo
-from service.storage import service_settings
 
 router = APIRouter(prefix="/v1/identities", tags=["identities"])
 
@@ -32,10 +33,9 @@ def _conflict(exc: repo.Conflict) -> APIError:
 @router.post("", status_code=201, response_model=schemas.Identity, responses=WRITE_ERRORS)
 def create_identity(body: schemas.IdentityCreate, db: DB, caller: Enroll) -> schemas.Identity:
     try:
-        identity = repo.create_identity(
-            db, name=body.name, external_id=body.external_id, metadata=body.metadata
+        identity = enrolment.create_identity(
+            db, caller, name=body.name, external_id=body.external_id, metadata=body.metadata
         )
-        record(db, caller, Actions.IDENTITY_CREATE, "identity", identity.id)
         db.commit()
     except repo.Conflict as exc:
         db.rollback()
@@ -119,7 +119,7 @@ def enroll_face(
     times: Times,
     caller: Enroll,
     image: Annotated[UploadFile | None, File()] = None,
-    face_policy: Literal["largest", "single"] = Query(default="largest"),
+    face_policy: Annotated[FacePolicy, Query()] = "largest",
 ) -> schemas.Face:
     if repo.get_identity(db, identity_id=identity_id) is None:
         raise not_found("identity")
@@ -127,47 +127,25 @@ def enroll_face(
     db.rollback()
     with image_slot(state):
         picture, data = read_image(image, state, times)
-        faces = detect_faces(state, picture, times)
-        if not faces:
-            raise APIError(422, "no_face", "no face was found in the image")
-        if face_policy == "single" and len(faces) > 1:
-            raise APIError(
-                422, "multiple_faces", f"{len(faces)} faces found; face_policy=single needs exactly one"
-            )
-        largest = max(faces, key=lambda f: f.area)
-        (embedded,) = state.pipeline.embed_faces(picture, [largest], times)
+        chosen = choose_face(
+            state.pipeline.detect(picture, times), face_policy, limit=state.settings.max_faces
+        )
+        (embedded,) = state.pipeline.embed_faces(picture, [chosen], times)
     try:
-        with times.stage("store"):
-            active = service_settings.switched_away_from(db, state.embedder_tag, lock=True)
-            if active is not None:
-                # After `facebank models use`, a server not yet restarted would store faces nobody searches.
-                raise APIError(
-                    503,
-                    "embedder_switched",
-                    f"the active embedder is now {active} but this server runs {state.embedder_tag}; "
-                    "restart it to enroll",
-                )
-            face = repo.add_face(
-                db,
-                identity_id=identity_id,
-                embedding=embedded.embedding,
-                model=state.embedder_tag,
-                bbox=[float(v) for v in largest.bbox],
-                det_score=largest.score,
-                landmarks=largest.landmarks.tolist(),
-                image_sha256=hashlib.sha256(data).hexdigest(),
+        with (
+            times.stage("store"),
+            enrolment.begin(db, model=state.embedder_tag, actor=caller, gallery=state.gallery) as unit,
+        ):
+            face = unit.add_face(
+                identity_id, chosen, embedded.embedding, image_sha256=hashlib.sha256(data).hexdigest()
             )
-            record(
-                db,
-                caller,
-                Actions.FACE_ENROLL,
-                "face",
-                face.id,
-                {"identity_id": str(identity_id), "model": face.model},
-            )
-            with state.gallery.writing():
-                db.commit()
-                state.gallery.added(face.key, identity_id, embedded.embedding)
+    except enrolment.EmbedderSwitched as exc:
+        # After `facebank models use`, a server not yet restarted would store faces nobody searches.
+        raise APIError(
+            503,
+            "embedder_switched",
+            f"the active embedder is now {exc.active} but this server runs {exc.model}; restart it to enroll",
+        ) from exc
     except IntegrityError as exc:  # the identity was deleted while its photo was being processed
         db.rollback()
         raise not_found("identity") from exc

@@ -26,6 +26,7 @@ from service.api.deps import (
 from service.api.errors import APIError, not_found
 from service.api.state import AppState
 from service.pipeline import StageTimes
+from service.pipeline.face_policy import choose_face
 from service.storage import repository as repo
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
@@ -92,10 +93,9 @@ def _batched(
 def _largest_face_embedding(
     state: AppState, picture: Image.Image, field: str, times: StageTimes
 ) -> np.ndarray:
-    faces = detect_faces(state, picture, times, field)
-    if not faces:
-        raise APIError(422, "no_face", f"no face was found in {field}")
-    (embedded,) = state.pipeline.embed_faces(picture, [max(faces, key=lambda f: f.area)], times)
+    faces = state.pipeline.detect(picture, times)
+    chosen = choose_face(faces, "largest", limit=state.settings.max_faces, where=field)
+    (embedded,) = state.pipeline.embed_faces(picture, [chosen], times)
     return embedded.embedding
 
 

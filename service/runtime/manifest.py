@@ -1,9 +1,9 @@
 """The model manifest: which networks exist, where their weights come from, and how to feed them.
 
-``models/manifest.toml`` (:data:`PROJECT_MANIFEST`) is the source of truth, one ``[models.<name>]`` table per
-model. ``facebank models prepare`` writes a copy next to the exported ONNX files that adds ``onnx_sha256``
-and ``export_version``; the service reads that copy and checks each ONNX file against its hash before
-loading it.
+``service/runtime/manifest.toml`` (:data:`PROJECT_MANIFEST`) is the source of truth, one
+``[models.<name>]`` table per model. ``facebank models prepare`` writes a copy next to the exported ONNX
+files that adds ``onnx_sha256`` and ``export_version``; the service reads that copy and checks each ONNX
+file against its hash before loading it.
 
 Two origins. ``origin = "upstream"`` (the default) is a network whose weights are published elsewhere:
 ``source_file``, an https ``source_url`` and ``source_sha256`` pin them. ``origin = "trained"`` is one made

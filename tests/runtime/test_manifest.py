@@ -1,4 +1,4 @@
-"""Tests for models.manifest: the project manifest, validation messages, tags and the TOML round trip."""
+"""service.runtime.manifest: the project manifest, validation messages, tags and the TOML round trip."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models.manifest import (
+from service.runtime.manifest import (
     PROJECT_MANIFEST,
     Manifest,
     ManifestError,
@@ -175,7 +175,7 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
 
 
 def test_reading_the_manifest_does_not_import_torch() -> None:
-    code = "import sys, models.manifest as m; m.load_manifest(); print('torch' in sys.modules)"
+    code = "import sys, service.runtime.manifest as m; m.load_manifest(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -183,7 +183,9 @@ def test_reading_the_manifest_does_not_import_torch() -> None:
 # ------------------------------------------------------------------------------ trained models (origin)
 
 TRAINED = "mobilefacenet-celeba-csoftmax"
-TRAINED_FRAGMENT = PROJECT_MANIFEST.parent / "trained" / f"{TRAINED}.toml"
+# Trained artefacts stay beside the code that made them; their fragment's card path is relative to models/.
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+TRAINED_FRAGMENT = MODELS_DIR / "trained" / f"{TRAINED}.toml"
 
 
 def _trained_table(**changes: object) -> dict[str, object]:
@@ -204,8 +206,8 @@ def test_the_committed_trained_fragment_is_a_trained_entry_without_an_upstream_u
     assert "trained.invalid" not in TRAINED_FRAGMENT.read_text(encoding="utf-8")
     assert entry.base_model == "mobilefacenet@1"
     assert entry.trained_by is not None and entry.trained_by.startswith("facebank train")
-    # The card (relative to models/, where the fragment is to be merged) exists and records the same ONNX.
-    card = PROJECT_MANIFEST.parent / entry.card
+    # The card exists and records the same ONNX.
+    card = MODELS_DIR / entry.card
     assert entry.onnx_sha256 is not None and entry.onnx_sha256 in card.read_text(encoding="utf-8")
 
 

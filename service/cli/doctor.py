@@ -1,0 +1,270 @@
+"""`facebank doctor [--fix]`: check SQL, model versions and the index, and repair what loses nothing.
+
+The index is an in-memory cache each server rebuilds from SQL at start, so it cannot be wrong on disk.
+Offline, the doctor rebuilds one the way a server does and compares it with SQL. With --server it also
+compares a running server's index with SQL (GET /v1/admin/index), and --fix asks that server to rebuild it
+(POST /v1/admin/index/rebuild), which is what a restart would do, without the downtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from service.cli.common import EXIT_FAILED, EXIT_USAGE, api_key_of, fail
+from service.cli.models import audit_deletions
+from service.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+    from service.security import Principal
+
+
+def register(commands: Any) -> None:
+    doctor = commands.add_parser(
+        "doctor", help="check (and with --fix repair) the database, model versions and the search index"
+    )
+    doctor.add_argument("--fix", action="store_true", help="apply the repairs that lose nothing usable")
+    doctor.add_argument(
+        "--drop-other-models",
+        action="store_true",
+        help="with --fix: delete faces embedded by models other than the active one",
+    )
+    doctor.add_argument("--server", help="also check a running server's index, e.g. http://127.0.0.1:8000")
+    doctor.add_argument("--api-key", help="admin key for --server (default FACEBANK_API_KEY)")
+    doctor.set_defaults(handler=_doctor)
+
+
+class _Report:
+    """What `facebank doctor` found: lines for a person, and whether anything is still wrong."""
+
+    def __init__(self) -> None:
+        self.problems = 0
+
+    def ok(self, message: str) -> None:
+        print(f"ok     {message}")
+
+    def problem(self, message: str) -> None:
+        self.problems += 1
+        print(f"FAIL   {message}")
+
+    def fixed(self, message: str) -> None:
+        self.problems -= 1
+        print(f"fixed  {message}")
+
+    def note(self, message: str) -> None:
+        print(f"       {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Checkup:
+    report: _Report
+    sessions: Callable[[], Session]
+    actor: Principal
+    fix: bool
+
+
+def _doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from service.security import cli_principal
+    from service.storage import make_engine, make_session_factory
+
+    if args.drop_other_models and not args.fix:
+        return fail("--drop-other-models deletes faces; give it together with --fix", EXIT_USAGE)
+    report = _Report()
+    engine = make_engine(settings.resolved_database_url, pool_size=1, max_overflow=0)
+    try:
+        if not _check_schema(report, engine, fix=args.fix):
+            return EXIT_FAILED
+        checkup = _Checkup(report, make_session_factory(engine), cli_principal(), args.fix)
+        active = _check_active_embedder(checkup, settings)
+        if active is None:
+            return EXIT_FAILED
+        tag, dim = active
+        _check_other_models(checkup, tag, drop=args.drop_other_models)
+        _check_vectors(checkup, tag, dim)
+        _check_rebuilt_index(checkup, tag, dim)
+        if args.server:
+            _check_server(report, args.server.rstrip("/"), api_key_of(args, settings), fix=args.fix)
+    finally:
+        engine.dispose()
+    print("healthy" if report.problems <= 0 else f"{report.problems} problem(s) remain")
+    return 0 if report.problems <= 0 else EXIT_FAILED
+
+
+def _check_schema(report: _Report, engine: Engine, *, fix: bool) -> bool:
+    """True when the schema is (or, with fix, now is) at the newest revision."""
+    from service.storage import current_revision, head_revision, upgrade_to_head
+
+    revision, head = current_revision(engine), head_revision()
+    if revision == head:
+        report.ok(f"database schema at the newest revision ({head})")
+        return True
+    report.problem(f"database schema at {revision or 'nothing'}, the newest is {head}")
+    if not fix:
+        report.note("run `facebank doctor --fix` (or start the server) to migrate; stopping here")
+        return False
+    upgrade_to_head(engine)
+    report.fixed(f"migrated the schema to {head}")
+    return True
+
+
+def _check_active_embedder(checkup: _Checkup, settings: Settings) -> tuple[str, int] | None:
+    """(tag, dimensions) of the model a server would use: the database's choice, else (fresh) the
+    configured one; None when it cannot be told."""
+    from service.active_model import embedder_set_explicitly
+    from service.runtime.manifest import PROJECT_MANIFEST, ManifestError, ModelEntry, load_manifest
+    from service.storage import service_settings
+
+    report = checkup.report
+    prepared = settings.model_dir / "manifest.toml"
+    with checkup.sessions() as session:
+        recorded = service_settings.active_embedder(session)
+    try:
+        manifest = load_manifest(prepared if prepared.is_file() else PROJECT_MANIFEST)
+        entry: ModelEntry | None = (
+            manifest.get(settings.embedder)
+            if recorded is None
+            else next((e for e in manifest.embedders() if e.tag == recorded), None)
+        )
+    except (ManifestError, KeyError, OSError) as exc:
+        report.problem(f"cannot tell the active embedder {recorded or settings.embedder!r}: {exc}")
+        return None
+    if entry is None:
+        report.problem(f"the database's active embedder {recorded} is not in {settings.model_dir}")
+        report.note("prepare or register it there, or switch with `facebank models use NAME`")
+        return None
+    if entry.embedder is None:
+        report.problem(f"{settings.embedder!r} is not an embedder in the manifest")
+        return None
+    tag, dim = entry.tag, int(entry.embedder.dim)
+    source = "recorded in the database" if recorded else "configured; the first start records it"
+    report.ok(f"active embedder {tag} ({dim} dimensions; {source})")
+    if recorded and embedder_set_explicitly(settings) and settings.embedder != entry.name:
+        report.problem(f"FACEBANK_EMBEDDER={settings.embedder} disagrees with it: serving will not start")
+        report.note(f"`facebank models use {settings.embedder}` switches; or unset FACEBANK_EMBEDDER")
+    return tag, dim
+
+
+def _check_other_models(checkup: _Checkup, tag: str, *, drop: bool) -> None:
+    """Model-version mixing: faces of other models are invisible to search."""
+    from service.storage import integrity
+    from service.storage import repository as repo
+
+    report = checkup.report
+    with checkup.sessions() as session:
+        models = repo.models_in_use(session)
+        others = {m: n for m, n in models.items() if m != tag}
+        report.ok(f"{models.get(tag, 0)} faces embedded with {tag}")
+        if not others:
+            return
+        stranded = integrity.identities_missing_model(session, model=tag)
+        listing = ", ".join(f"{n} of {m}" for m, n in others.items())
+        report.problem(f"faces of other models, invisible to search: {listing}")
+        report.note(
+            f"{len(stranded)} identities have no face of {tag} and cannot be found until re-enrolled with it"
+        )
+        if drop:
+            removed = integrity.delete_faces(
+                session, keys=integrity.face_keys_of_other_models(session, model=tag)
+            )
+            audit_deletions(session, checkup.actor, removed, reason="doctor: other embedding model")
+            session.commit()
+            report.fixed(f"deleted {len(removed)} faces of other models")
+        else:
+            report.note(
+                "re-enroll them (`facebank ingest FOLDER` again), or delete them: "
+                + "; ".join(f"`facebank models prune --model {m}`" for m in others)
+            )
+
+
+def _check_vectors(checkup: _Checkup, tag: str, dim: int) -> None:
+    """Stored vectors the index cannot take."""
+    from service.storage import integrity
+
+    report = checkup.report
+    with checkup.sessions() as session:
+        unusable = integrity.malformed_face_keys(session, model=tag, dim=dim) + _unusable_vectors(
+            session, tag, dim
+        )
+        if not unusable:
+            report.ok(f"every embedding of {tag} has {dim} finite values of unit length")
+            return
+        report.problem(f"{len(unusable)} faces of {tag} have unusable embeddings (wrong size or values)")
+        if checkup.fix:
+            removed = integrity.delete_faces(session, keys=unusable)
+            audit_deletions(session, checkup.actor, removed, reason="doctor: unusable embedding")
+            session.commit()
+            report.fixed(f"deleted {len(removed)} faces with unusable embeddings; re-enroll them")
+
+
+def _unusable_vectors(session: Session, model: str, dim: int) -> list[int]:
+    """Keys of vectors with NaN/infinity or far from unit length (the model's output is L2-normalised)."""
+    import numpy as np
+
+    from service.storage import integrity
+    from service.storage.repository import from_bytes
+
+    bad: list[int] = []
+    for key, blob in integrity.iter_vectors(session, model=model, dim=dim):
+        vector = from_bytes(blob, dim)
+        with np.errstate(all="ignore"):
+            if not np.isfinite(vector).all() or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
+                bad.append(key)
+    return bad
+
+
+def _check_rebuilt_index(checkup: _Checkup, tag: str, dim: int) -> None:
+    """The index a server would build from SQL."""
+    from service.gallery import Gallery
+    from service.index import make_index
+    from service.storage import StorageError
+
+    report = checkup.report
+    gallery = Gallery(make_index(dim, search_threads=1), checkup.sessions, tag)
+    try:
+        gallery.rebuild()
+        audit = gallery.audit()
+    except StorageError as exc:
+        report.problem(f"an index cannot be built from SQL: {exc}")
+        return
+    if audit.in_step:
+        report.ok(f"an index rebuilt from SQL holds exactly its {audit.sql_faces} faces")
+    else:
+        report.problem(f"an index rebuilt from SQL differs from it: {audit}")
+
+
+def _check_server(report: _Report, server: str, api_key: str | None, *, fix: bool) -> None:
+    """A running server's index against SQL; with fix, ask it to rebuild."""
+    import httpx
+
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        with httpx.Client(base_url=server, headers=headers, timeout=120.0) as http:
+            response = http.get("/v1/admin/index")
+            if response.status_code != 200:
+                report.problem(
+                    f"{server}: GET /v1/admin/index answered {response.status_code}: {response.text}"
+                )
+                return
+            body = response.json()
+            if body["in_step"]:
+                report.ok(f"{server}: its index holds exactly the {body['sql_faces']} faces in SQL")
+                return
+            report.problem(
+                f"{server}: its index differs from SQL ({body['missing_from_index']} missing, "
+                f"{body['stale_in_index']} stale)"
+            )
+            if not fix:
+                report.note("`--fix` asks the server to rebuild its index from SQL (no restart needed)")
+                return
+            after = http.post("/v1/admin/index/rebuild").json()
+            if after.get("in_step"):
+                report.fixed(f"{server}: rebuilt its index from SQL ({after['index_faces']} faces)")
+            else:
+                report.note(f"{server}: still differs after a rebuild (writes in flight?): {after}")
+    except httpx.HTTPError as exc:
+        report.problem(f"{server}: cannot reach the server: {exc}")
