@@ -179,3 +179,22 @@ def test_models_list_shows_each_models_licence(
     for entry in load_manifest(PROJECT_MANIFEST):
         assert lines[entry.tag].rstrip().endswith(entry.licence)
     assert "non-commercial" in lines["edgeface-xs-q@1"] and "non-commercial" in lines["edgeface-xxs-q@1"]
+
+
+@pytest.mark.shared
+def test_prepare_only_some_models_leaves_the_non_commercial_ones_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_shared()
+    from service.cli import main
+
+    model_dir = tmp_path / "models"
+    common = ["models", "prepare", "--from", str(SHARED_MODELS), "--model-dir", str(model_dir)]
+    assert main([*common, "--only", "retinaface-mnet025", "mobilefacenet"]) == 0
+    out = capsys.readouterr().out
+    assert "NON-COMMERCIAL" not in out
+    assert load_manifest(model_dir / "manifest.toml").names() == ["retinaface-mnet025", "mobilefacenet"]
+    assert not list(model_dir.glob("edgeface*"))
+    # An unknown name is a usage error naming the known ones, not a traceback.
+    assert main([*common, "--only", "edgeface-xl"]) == 2
+    assert "unknown model(s) edgeface-xl; known: retinaface-mnet025, mobilefacenet" in capsys.readouterr().err
