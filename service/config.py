@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     )
 
     detect_max_side: int = Field(default=640, ge=64, le=4096)
+    detect_find_down_to: int = Field(
+        default=32,
+        ge=0,
+        le=4096,
+        description="Smallest face side (photo px) looked for: a photo that detect_max_side shrinks too far "
+        "for such faces also gets a finer pass; 0 looks only at the shrunk photo.",
+    )
     det_score_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     min_face_size: int = Field(default=0, ge=0, description="Faces with a shorter box side are ignored.")
     max_faces: int = Field(

@@ -169,10 +169,13 @@ def max_abs_activation(fp32_model: onnx.ModelProto, faces: np.ndarray, *, batch:
     """The largest |value| of any node output of the fp32 graph on ``faces``: headroom below fp16's 65504."""
     model = copy.deepcopy(fp32_model)
     listed = {value.name for value in model.graph.output}
+    # Only float outputs: a graph with Shape/Gather nodes (EdgeFace's reshapes) has int64 ones too.
+    inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    floats = {value.name for value in inferred if value.type.tensor_type.elem_type == TensorProto.FLOAT}
     for node in model.graph.node:
         if node.op_type != "Constant":
             for name in node.output:
-                if name not in listed:
+                if name not in listed and name in floats:
                     model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     session = _cpu_session(model)
     largest = 0.0

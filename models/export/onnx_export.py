@@ -99,10 +99,10 @@ def sample_detector_inputs() -> list[np.ndarray]:
     ]
 
 
-def sample_embedder_inputs() -> list[np.ndarray]:
+def sample_embedder_inputs(size: int = INPUT_SIZE) -> list[np.ndarray]:
     """Deterministic embedder inputs in the normalised range at batch 1 and 7 (64 is added by tiling)."""
     rng = np.random.default_rng(0)
-    return [_smooth_noise(rng, (n, 3, INPUT_SIZE, INPUT_SIZE), scale=2.0) for n in (1, 7)]
+    return [_smooth_noise(rng, (n, 3, size, size), scale=2.0) for n in (1, 7)]
 
 
 def export_detector(
@@ -152,8 +152,23 @@ def export_embedder(
     of 64 (:data:`EMBEDDER_TILED_BATCHES`). Raises :class:`ExportParityError` if any row's cosine between the
     PyTorch and onnxruntime embeddings is at most ``min_cosine``.
     """
-    net = build_embedder(state_dict_path)
-    inputs = list(sample_inputs) if sample_inputs is not None else sample_embedder_inputs()
+    return export_embedder_net(
+        build_embedder(state_dict_path), out_path, opset, sample_inputs=sample_inputs, min_cosine=min_cosine
+    )
+
+
+def export_embedder_net(
+    net: nn.Module,
+    out_path: str | os.PathLike[str],
+    opset: int = DEFAULT_OPSET,
+    *,
+    dim: int = EMBEDDING_DIM,
+    input_size: int = INPUT_SIZE,
+    sample_inputs: Sequence[np.ndarray] | None = None,
+    min_cosine: float = EMBEDDER_MIN_COSINE,
+) -> ParityReport:
+    """:func:`export_embedder` for any embedding network in eval mode with output ``(N, dim)``."""
+    inputs = list(sample_inputs) if sample_inputs is not None else sample_embedder_inputs(input_size)
     axes = {INPUT_NAME: {0: "batch"}, EMBEDDER_OUTPUT: {0: "batch"}}
     return _export_checked(
         net,
@@ -165,7 +180,7 @@ def export_embedder(
         model="embedder",
         atol=None,
         min_cosine=min_cosine,
-        fixed_dims={EMBEDDER_OUTPUT: {1: EMBEDDING_DIM}},
+        fixed_dims={EMBEDDER_OUTPUT: {1: dim}},
         tiled_batches=EMBEDDER_TILED_BATCHES,
     )
 
@@ -318,5 +333,6 @@ __all__ = [
     "build_embedder",
     "export_detector",
     "export_embedder",
+    "export_embedder_net",
     "load_state_dict",
 ]

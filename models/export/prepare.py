@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from models.export import EXPORT_VERSION
+from models.licences import non_commercial
 from service.runtime.manifest import (
     PROJECT_MANIFEST,
     Manifest,
@@ -131,6 +132,8 @@ def prepare_models(
         source = locate_source(
             entry, model_dir=model_dir, source_dir=source_dir, download=download, progress=progress
         )
+        if non_commercial(entry.licence):
+            progress(f"{entry.tag}: NON-COMMERCIAL weights, {entry.licence}; see its model card {entry.card}")
         onnx_path = model_dir / entry.onnx_file
         embedder = entry.kind == "embedder"
         if current is not None and (current_fp16 is not None or not embedder):
@@ -349,8 +352,17 @@ def _export(entry: ModelEntry, source: Path, onnx_path: Path) -> str:
         if exc.name and exc.name.split(".")[0] in {"torch", "onnx", "onnxruntime"}:
             raise ExportUnavailableError(f"{TRAIN_EXTRA_HINT} (missing module {exc.name!r})") from exc
         raise
-    export = onnx_export.export_detector if entry.kind == "detector" else onnx_export.export_embedder
-    return export(source, onnx_path).summary()
+    if entry.kind == "detector":
+        return onnx_export.export_detector(source, onnx_path).summary()
+    from models.export import edgeface
+
+    variant = edgeface.EDGEFACE_MODELS.get(entry.name)
+    if variant is None:
+        return onnx_export.export_embedder(source, onnx_path).summary()
+    try:
+        return edgeface.export_edgeface(source, onnx_path, variant=variant).summary()
+    except edgeface.WeightFileError as exc:
+        raise ModelSourceError(f"{entry.name}: {exc}") from exc
 
 
 def _copy_cards(entries: list[ModelEntry], *, source_root: Path | None, model_dir: Path) -> None:

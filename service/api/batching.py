@@ -29,6 +29,7 @@ from service.schemas import DetectedFace, EmbeddedFace, Match
 class RecognitionRequest:
     picture: Image.Image
     top_k: int | None  # None: detect only
+    min_face_size: float | None = None  # None: the pipeline's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,9 @@ class RecognitionBatcher:
     def _run(
         self, requests: list[RecognitionRequest], times: StageTimes
     ) -> list[RecognitionResult | Exception]:
-        found = self._pipeline.detect_many([r.picture for r in requests], times)
+        found = self._pipeline.detect_many(
+            [r.picture for r in requests], times, [r.min_face_size for r in requests]
+        )
         outcomes: list[RecognitionResult | Exception] = []
         to_embed: list[int] = []
         for row, (request, faces) in enumerate(zip(requests, found, strict=True)):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import Depends, Request, UploadFile
+from fastapi import Depends, Query, Request, UploadFile
 from PIL import Image
 from sqlalchemy.orm import Session
 
@@ -44,6 +44,18 @@ def get_times(request: Request) -> StageTimes:
 
 Times = Annotated[StageTimes, Depends(get_times)]
 
+# Per request: look for faces down to this size even in a large photo (a finer detection pass), drop smaller.
+MinFaceSize = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=4096,
+        description="Smallest face side in photo pixels: faces this small are looked for (large photos get "
+        "a finer detection pass, which costs time) and smaller ones are dropped. Default: the server's "
+        "detect_find_down_to, without dropping.",
+    ),
+]
+
 
 @contextmanager
 def image_slot(state: AppState) -> Iterator[None]:
@@ -75,9 +87,13 @@ def read_image(
 
 
 def detect_faces(
-    state: AppState, picture: Image.Image, times: StageTimes, field: str = "image"
+    state: AppState,
+    picture: Image.Image,
+    times: StageTimes,
+    field: str = "image",
+    min_face_size: float | None = None,
 ) -> list[DetectedFace]:
     """Faces in the picture, refusing a photo with more than the configured maximum (422 too_many_faces)."""
-    faces = state.pipeline.detect(picture, times)
+    faces = state.pipeline.detect(picture, times, min_face_size)
     check_face_limit(faces, state.settings.max_faces, field)
     return faces

@@ -51,6 +51,13 @@ class DetectionLimits:
     max_side: int
     score_threshold: float | None
     min_face_size: float
+    find_down_to: float = 0.0  # photo pixels; see Detector.detect_many
+
+    def for_request(self, min_face_size: float | None) -> tuple[float, float]:
+        """(find_down_to, min_face_size) for a request: one that names its smallest face gets both."""
+        if min_face_size is None:
+            return self.find_down_to, self.min_face_size
+        return min_face_size, min_face_size
 
 
 class FacePipeline:
@@ -61,28 +68,29 @@ class FacePipeline:
         self.embedder = embedder
         self.limits = limits
 
-    def detect(self, image: Image.Image, times: StageTimes | None = None) -> list[DetectedFace]:
-        """Every face found, best score first; how many a photo may have is `face_policy`'s rule."""
-        times = times or StageTimes()
-        with times.stage("detect"):
-            return self.detector.detect(
-                image,
-                max_side=self.limits.max_side,
-                score_threshold=self.limits.score_threshold,
-                min_face_size=self.limits.min_face_size,
-            )
+    def detect(
+        self, image: Image.Image, times: StageTimes | None = None, min_face_size: float | None = None
+    ) -> list[DetectedFace]:
+        """Every face found, best score first (how many a photo may have is `face_policy`'s rule);
+        `min_face_size` (photo pixels) overrides the limits' smallest face."""
+        return self.detect_many([image], times, [min_face_size])[0]
 
     def detect_many(
-        self, images: Sequence[Image.Image], times: StageTimes | None = None
+        self,
+        images: Sequence[Image.Image],
+        times: StageTimes | None = None,
+        min_face_sizes: Sequence[float | None] | None = None,
     ) -> list[list[DetectedFace]]:
         """`detect` for several images, with one detector call per distinct input shape."""
         times = times or StageTimes()
+        wanted = [self.limits.for_request(size) for size in (min_face_sizes or [None] * len(images))]
         with times.stage("detect"):
             return self.detector.detect_many(
                 images,
                 max_side=self.limits.max_side,
                 score_threshold=self.limits.score_threshold,
-                min_face_size=self.limits.min_face_size,
+                min_face_size=[smallest for _, smallest in wanted],
+                find_down_to=[down_to for down_to, _ in wanted],
             )
 
     def align(

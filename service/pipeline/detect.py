@@ -90,6 +90,32 @@ def prior_mask(
     return np.concatenate(levels)
 
 
+# Longest side of the second pass: bounds what one request can make the detector do (a 40 MP photo at full
+# size would be ~10x the work and memory of this).
+FINE_PASS_MAX_SIDE = 4096
+
+
+def fine_pass_scale(size: tuple[int, int], max_side: int, find_down_to: float, smallest_face: float) -> float:
+    """Scale of the second pass that finds faces of `find_down_to` photo pixels in a photo of `size`, or 0
+    when the first pass (the photo shrunk to fit `max_side`) already shows them at `smallest_face` or more.
+
+    The second pass never enlarges the photo (below `smallest_face` photo pixels a face is out of reach) and
+    never exceeds FINE_PASS_MAX_SIDE (in larger photos the smallest face found grows accordingly).
+    """
+    if find_down_to <= 0:
+        return 0.0
+    first = min(1.0, max_side / max(size))
+    second = min(1.0, smallest_face / find_down_to, FINE_PASS_MAX_SIDE / max(size))
+    return second if second > first else 0.0
+
+
+def _per_image(value: float | Sequence[float], count: int) -> list[float]:
+    values = [float(value)] * count if isinstance(value, int | float) else [float(v) for v in value]
+    if len(values) != count:
+        raise ValueError(f"{len(values)} per-image values for {count} images")
+    return values
+
+
 class Detector:
     """Runs a RetinaFace ONNX graph (inputs `input`; outputs loc, conf, landms)."""
 
@@ -116,13 +142,15 @@ class Detector:
         max_side: int | None = None,
         score_threshold: float | None = None,
         min_face_size: float = 0.0,
+        find_down_to: float = 0.0,
     ) -> list[DetectedFace]:
-        """Faces in `image`, best score first, in the image's pixel coordinates."""
+        """Faces in `image`, best score first, in the image's pixel coordinates (see `detect_many`)."""
         (faces,) = self.detect_many(
             [image],
             max_side=max_side,
             score_threshold=score_threshold,
             min_face_size=min_face_size,
+            find_down_to=find_down_to,
         )
         return faces
 
@@ -132,10 +160,17 @@ class Detector:
         *,
         max_side: int | None = None,
         score_threshold: float | None = None,
-        min_face_size: float = 0.0,
+        min_face_size: float | Sequence[float] = 0.0,
         pad_to_common_shape: bool = False,
+        find_down_to: float | Sequence[float] = 0.0,
     ) -> list[list[DetectedFace]]:
         """Faces of each image, with one network call per distinct input shape (per DETECT_BATCH images).
+
+        Every image is searched shrunk to fit `max_side`. `find_down_to` (per image, or one value for all;
+        photo pixels, 0 off) asks for faces that small too: where the shrunk photo would make them smaller
+        than the network's `smallest_face`, a second pass runs on the photo at the scale that does not (at
+        most its own size) and its faces are merged with the first pass's by NMS (`fine_pass_scale`).
+        `min_face_size` drops faces with a shorter box side.
 
         Images of one shape share calls and get exactly what `detect` gives each alone. With
         `pad_to_common_shape`, every image is padded bottom/right to the batch's largest height and width
@@ -146,15 +181,35 @@ class Detector:
         if not images:
             return []
         limit = max_side or self.config.max_side
-        prepared = [self._prepare(image, limit) for image in images]
+        threshold = self.config.score_threshold if score_threshold is None else score_threshold
+        results = self._run([(image, limit) for image in images], threshold, pad_to_common_shape)
+        targets = _per_image(find_down_to, len(images))
+        fine = [
+            (row, scale)
+            for row, image in enumerate(images)
+            if (scale := fine_pass_scale(image.size, limit, targets[row], self.config.smallest_face))
+        ]
+        if fine:
+            jobs = [(images[row], math.ceil(max(images[row].size) * scale)) for row, scale in fine]
+            for (row, _), faces in zip(fine, self._run(jobs, threshold, False), strict=True):
+                results[row] = self._merge(results[row] + faces)
+        smallest = _per_image(min_face_size, len(images))
+        return [
+            [f for f in faces if min(f.width, f.height) >= smallest[row]] for row, faces in enumerate(results)
+        ]
+
+    def _run(
+        self, jobs: Sequence[tuple[Image.Image, int]], threshold: float, pad_to_common_shape: bool
+    ) -> list[list[DetectedFace]]:
+        """All faces of each (image, max side) job, best score first: one network call per shape group."""
+        prepared = [self._prepare(image, side) for image, side in jobs]
         groups: dict[tuple[int, int], list[int]] = {}
         for row, (tensor, _) in enumerate(prepared):
             shape = (tensor.shape[1], tensor.shape[2])
             groups.setdefault(shape, []).append(row)
         if pad_to_common_shape and len(groups) > 1:
-            groups = {tuple(max(dims) for dims in zip(*groups, strict=True)): list(range(len(images)))}
-        threshold = self.config.score_threshold if score_threshold is None else score_threshold
-        results: list[list[DetectedFace]] = [[] for _ in images]
+            groups = {tuple(max(dims) for dims in zip(*groups, strict=True)): list(range(len(jobs)))}
+        results: list[list[DetectedFace]] = [[] for _ in jobs]
         chunks = [
             (shape, group[start : start + DETECT_BATCH])
             for shape, group in groups.items()
@@ -175,11 +230,18 @@ class Detector:
                     padded=(height, width),
                     real=(tensor.shape[1], tensor.shape[2]),
                     scale=scale,
-                    image=images[row],
+                    image=jobs[row][0],
                     threshold=threshold,
-                    min_face_size=min_face_size,
                 )
         return results
+
+    def _merge(self, faces: list[DetectedFace]) -> list[DetectedFace]:
+        """One face per place from two passes over the same photo: NMS in photo pixels, best score first."""
+        if not faces:
+            return faces
+        boxes = np.asarray([f.bbox for f in faces], np.float32)
+        scores = np.asarray([f.score for f in faces], np.float32)
+        return [faces[i] for i in nms(boxes, scores, self.config.nms_threshold)]
 
     def _faces(
         self,
@@ -192,7 +254,6 @@ class Detector:
         scale: float,
         image: Image.Image,
         threshold: float,
-        min_face_size: float,
     ) -> list[DetectedFace]:
         """Decode one image's network outputs (over a possibly padded input) into faces."""
         cfg = self.config
@@ -212,11 +273,11 @@ class Detector:
         faces = []
         for i in kept:
             box = np.clip(boxes[i], 0, [image.width, image.height, image.width, image.height])
-            face = DetectedFace(
-                bbox=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
-                score=float(scores[candidates[i]]),
-                landmarks=points[i].reshape(5, 2).astype(np.float32),
+            faces.append(
+                DetectedFace(
+                    bbox=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                    score=float(scores[candidates[i]]),
+                    landmarks=points[i].reshape(5, 2).astype(np.float32),
+                )
             )
-            if min(face.width, face.height) >= min_face_size:
-                faces.append(face)
         return faces

@@ -25,6 +25,7 @@ def build_pipeline(
             max_side=settings.detect_max_side,
             score_threshold=settings.det_score_threshold,
             min_face_size=settings.min_face_size,
+            find_down_to=settings.detect_find_down_to,
         ),
     )
     return pipeline, models

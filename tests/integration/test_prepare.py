@@ -28,6 +28,7 @@ from service.runtime.manifest import PROJECT_MANIFEST, ManifestError, load_manif
 from tests.conftest import SHARED_MODELS, require_shared
 
 DETECTOR, EMBEDDER = "retinaface-mnet025", "mobilefacenet"
+EMBEDDERS = ("mobilefacenet", "edgeface-xs-q", "edgeface-xxs-q")
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,14 @@ def test_prepare_writes_onnx_files_and_a_manifest_with_their_hashes(prepared: Pr
         assert entry.export_version == EXPORT_VERSION
         assert entry.source_sha256 == project.get(entry.name).source_sha256
         assert (prepared.model_dir / entry.card).is_file()
-    exported = [m.split(";")[0] for m in prepared.messages if "exported" in m]
+    exported = [m.split(" in ")[0] for m in prepared.messages if "exported" in m]
     assert exported == [
-        f"{DETECTOR}@1: exported {DETECTOR}.onnx in " + exported[0].split(" in ")[1],
-        f"{EMBEDDER}@1: exported {EMBEDDER}.onnx in " + exported[1].split(" in ")[1],
-        f"{EMBEDDER}@1: exported {EMBEDDER}.fp16.onnx in " + exported[2].split(" in ")[1],
+        f"{DETECTOR}@1: exported {DETECTOR}.onnx",
+        *(f"{name}@1: exported {name}{suffix}.onnx" for name in EMBEDDERS for suffix in ("", ".fp16")),
     ], prepared.messages
+    # Non-commercial weights are announced, the others are not.
+    announced = [m.split(":")[0] for m in prepared.messages if "NON-COMMERCIAL" in m]
+    assert announced == ["edgeface-xs-q@1", "edgeface-xxs-q@1"], prepared.messages
 
 
 @pytest.mark.shared
@@ -82,11 +85,9 @@ def test_prepare_writes_the_embedders_fp16_export_and_records_its_hash(prepared:
     assert embedder.fp16_onnx_sha256 == sha256_file(fp16_path)
     assert embedder.fp16_onnx_sha256 != embedder.onnx_sha256
     assert detector.fp16_onnx_sha256 is None
-    assert sorted(p.name for p in prepared.model_dir.glob("*.onnx")) == [
-        f"{EMBEDDER}.fp16.onnx",
-        f"{EMBEDDER}.onnx",
-        f"{DETECTOR}.onnx",
-    ]
+    assert sorted(p.name for p in prepared.model_dir.glob("*.onnx")) == sorted(
+        [f"{DETECTOR}.onnx", *(f"{name}{suffix}.onnx" for name in EMBEDDERS for suffix in ("", ".fp16"))]
+    )
     # Half the bytes: the weights really are fp16 (the graph keeps fp32 inputs and outputs).
     fp32_bytes = (prepared.model_dir / f"{EMBEDDER}.onnx").stat().st_size
     assert 0.4 < fp16_path.stat().st_size / fp32_bytes < 0.6
@@ -120,7 +121,7 @@ def test_second_run_skips_export(prepared: Prepared, tmp_path: Path, monkeypatch
     started = time.perf_counter()
     prepare_models(model_dir=model_dir, source_dir=SHARED_MODELS, progress=messages.append)
     assert time.perf_counter() - started < 2.0
-    assert sum("up to date" in m for m in messages) == 2, messages
+    assert sum("up to date" in m for m in messages) == 1 + len(EMBEDDERS), messages
     assert f"{EMBEDDER}.onnx and its fp16 export are up to date" in "\n".join(messages)
     assert {p.name: p.stat().st_mtime_ns for p in model_dir.glob("*.onnx")} == before
     assert (

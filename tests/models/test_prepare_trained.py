@@ -26,7 +26,7 @@ def test_prepare_keeps_a_registered_trained_model_whose_onnx_matches(registered_
     messages: list[str] = []
     prepare_models(model_dir=registered_dir, source_dir=SHARED_MODELS, progress=messages.append)
     after = load_manifest(registered_dir / "manifest.toml")
-    assert after.names() == ["retinaface-mnet025", "mobilefacenet", FLIPPED]
+    assert after.names() == [*load_manifest(PROJECT_MANIFEST).names(), FLIPPED]
     assert after.get(FLIPPED) == before
     assert any(m.startswith(f"{FLIPPED}@2: kept, a trained model registered here") for m in messages), (
         messages
@@ -63,7 +63,7 @@ def test_a_trained_model_in_the_project_manifest_is_copied_from_the_source_folde
     source_dir = tmp_path / "from"
     source_dir.mkdir()
     (registered_dir / f"{FLIPPED}.onnx").rename(source_dir / f"{FLIPPED}.onnx")
-    for upstream in ("retinaface-mobilenet0.25.pth", "mobilefacenet.pt"):
+    for upstream in (e.source_file for e in load_manifest(PROJECT_MANIFEST) if e.source_file):
         (source_dir / upstream).symlink_to(SHARED_MODELS / upstream)
     messages: list[str] = []
     prepare_models(

@@ -37,10 +37,10 @@ def _rewrite(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
-def test_project_manifest_lists_one_detector_and_one_embedder(project: Manifest) -> None:
-    assert project.names() == ["retinaface-mnet025", "mobilefacenet"]
+def test_project_manifest_lists_one_detector_and_three_embedders(project: Manifest) -> None:
+    assert project.names() == ["retinaface-mnet025", "mobilefacenet", "edgeface-xs-q", "edgeface-xxs-q"]
     assert [e.name for e in project.detectors()] == ["retinaface-mnet025"]
-    assert [e.name for e in project.embedders()] == ["mobilefacenet"]
+    assert [e.name for e in project.embedders()] == ["mobilefacenet", "edgeface-xs-q", "edgeface-xxs-q"]
     assert project.root == PROJECT_MANIFEST.parent
 
 

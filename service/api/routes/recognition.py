@@ -13,7 +13,16 @@ from service.api import schemas
 from service.api.auth import Identify
 from service.api.batching import RecognitionRequest, RecognitionResult
 from service.api.convert import detection_out
-from service.api.deps import DB, IMAGE_SLOT_WAIT_S, State, Times, detect_faces, image_slot, read_image
+from service.api.deps import (
+    DB,
+    IMAGE_SLOT_WAIT_S,
+    MinFaceSize,
+    State,
+    Times,
+    detect_faces,
+    image_slot,
+    read_image,
+)
 from service.api.errors import APIError, not_found
 from service.api.state import AppState
 from service.pipeline import StageTimes
@@ -33,14 +42,16 @@ def identify(
     image: Annotated[UploadFile | None, File()] = None,
     k: int = Query(default=5, ge=1, le=100),
     threshold: float | None = Query(default=None, ge=-1.0, le=1.0),
+    min_face_size: MinFaceSize = None,
 ) -> schemas.IdentifyResponse:
     if state.batcher is not None:
-        found = _batched(state, times, image, k)
+        found = _batched(state, times, image, k, min_face_size)
         faces, ranked = found.embedded, found.matches
     else:
         with image_slot(state):
             picture, _data = read_image(image, state, times)
-            faces = state.pipeline.embed_faces(picture, detect_faces(state, picture, times), times)
+            detected = detect_faces(state, picture, times, min_face_size=min_face_size)
+            faces = state.pipeline.embed_faces(picture, detected, times)
         with times.stage("search"):
             ranked = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
     cutoff = state.threshold if threshold is None else threshold
@@ -65,14 +76,18 @@ def identify(
 
 
 def _batched(
-    state: AppState, times: StageTimes, image: UploadFile | None, top_k: int | None
+    state: AppState,
+    times: StageTimes,
+    image: UploadFile | None,
+    top_k: int | None,
+    min_face_size: float | None = None,
 ) -> RecognitionResult:
     """Decode the upload here, then wait for its turn in a micro-batch (identify when top_k is given)."""
     assert state.batcher is not None
     with state.batcher.admitted(IMAGE_SLOT_WAIT_S):
         with image_slot(state):
             picture, _data = read_image(image, state, times)
-        return state.batcher.submit(RecognitionRequest(picture, top_k), times)
+        return state.batcher.submit(RecognitionRequest(picture, top_k, min_face_size), times)
 
 
 def _largest_face_embedding(
@@ -121,12 +136,16 @@ def verify(
 
 @router.post("/detect", response_model=schemas.DetectResponse, responses=ERRORS)
 def detect(
-    state: State, times: Times, _: Identify, image: Annotated[UploadFile | None, File()] = None
+    state: State,
+    times: Times,
+    _: Identify,
+    image: Annotated[UploadFile | None, File()] = None,
+    min_face_size: MinFaceSize = None,
 ) -> schemas.DetectResponse:
     if state.batcher is not None:
-        faces = _batched(state, times, image, None).faces
+        faces = _batched(state, times, image, None, min_face_size).faces
     else:
         with image_slot(state):
             picture, _data = read_image(image, state, times)
-            faces = detect_faces(state, picture, times)
+            faces = detect_faces(state, picture, times, min_face_size=min_face_size)
     return schemas.DetectResponse(faces=[detection_out(f) for f in faces])
