@@ -137,7 +137,8 @@ class IdentifyResponse(BaseModel):
 
 
 class VerifyResponse(BaseModel):
-    score: float
+    # None when the caller may not read identities and the photo is not a match (service/api/disclosure.py).
+    score: float | None
     match: bool
     threshold: float
 
