@@ -18,6 +18,7 @@ from service.api.admission import Admission
 from service.api.auth import AuthMiddleware
 from service.api.errors import install_error_handlers
 from service.api.limits import BodyLimitMiddleware, keep_uploads_in_memory
+from service.api.memory import unmap_large_blocks
 from service.api.metrics import install_metrics
 from service.api.routes import admin, health, identities, recognition
 from service.api.state import AppState
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     )
     install_error_handlers(app)
     keep_uploads_in_memory(settings.max_upload_bytes)
+    unmap_large_blocks()
     # Order: the last added runs first, so metrics see everything, then the Host check, the body limit and
     # authentication.
     app.add_middleware(AuthMiddleware)
