@@ -19,8 +19,9 @@ from service.security import is_loopback
 
 # Headers a proxy adds to say whom it forwards for (RFC 7239, the de-facto X-Forwarded-For and nginx's).
 FORWARDING_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
-# Probes (load balancers, Kubernetes) send the address they dial as Host; these answers hold no personal data.
-HOST_CHECK_EXEMPT = frozenset({"/healthz", "/readyz"})
+# Probes and scrapers (load balancers, Kubernetes, Prometheus) send the address they dial as Host; these
+# answers hold no personal data.
+HOST_CHECK_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def host_name(host_header: str) -> str:
