@@ -52,6 +52,11 @@ def _upgrade(engine: Engine) -> None:
             # lock serialises them; the second sees the first's committed alembic_version and does nothing.
             # It is released by the commit or rollback at the end of this block.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        elif connection.dialect.name == "sqlite":
+            # Why: Python's sqlite3 runs DDL outside any transaction unless one was begun, so two processes
+            # would both create the tables. BEGIN IMMEDIATE takes the write lock now; the other waits for it
+            # (the busy timeout) and then sees the committed alembic_version.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         command.upgrade(alembic_config(connection), "head")
 
 
