@@ -21,13 +21,14 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def _database(settings: Settings) -> Iterator[Session]:
-    """A session on the configured database, migrated to the newest schema first."""
+def _database(settings: Settings, *, migrate: bool = True) -> Iterator[Session]:
+    """A session on the configured database, migrated to the newest schema first unless `migrate` is off."""
     from service.storage import make_engine, make_session_factory, upgrade_to_head
 
     engine = make_engine(settings.resolved_database_url, pool_size=1, max_overflow=0)
     try:
-        upgrade_to_head(engine)
+        if migrate:
+            upgrade_to_head(engine)
         with make_session_factory(engine)() as session:
             yield session
     finally:
@@ -114,30 +115,26 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
 def _database_view(settings: Settings) -> tuple[str | None, dict[str, int] | None, str]:
     """(the active embedder's tag recorded in the database, face counts per model tag, a line for people),
     without migrating or writing anything; (None, None, why) when the database cannot be read."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.storage import (
-        current_revision,
-        head_revision,
-        make_engine,
-        make_session_factory,
-        service_settings,
-    )
+    from service.storage import make_engine, make_session_factory, service_settings
     from service.storage import repository as repo
+    from service.storage.migrate import schema_problem
 
-    url = make_url(settings.resolved_database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).expanduser().exists():
-        return None, None, f"none yet at {url.database}"
+    unreachable = "not reachable ({}); face counts and the active model unknown"
+    try:
+        problem = schema_problem(settings.resolved_database_url)
+    except SQLAlchemyError as exc:
+        return None, None, unreachable.format(type(exc).__name__)
+    if problem is not None:
+        return None, None, problem
     engine = make_engine(settings.resolved_database_url, pool_size=1, max_overflow=0)
     try:
-        if current_revision(engine) != head_revision():
-            return None, None, "not migrated to the newest schema yet (start the server or run doctor --fix)"
         with make_session_factory(engine)() as session:
             active = service_settings.active_embedder(session)
             counts = repo.models_in_use(session)
     except SQLAlchemyError as exc:
-        return None, None, f"not reachable ({type(exc).__name__}); face counts and the active model unknown"
+        return None, None, unreachable.format(type(exc).__name__)
     finally:
         engine.dispose()
     if active is None:
@@ -314,8 +311,13 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
     from service.storage import keys as key_repo
+    from service.storage.migrate import schema_problem
 
-    with _database(settings) as session:
+    # Listing is read-only: it must not create or migrate a database (say, another version's).
+    if (problem := schema_problem(settings.resolved_database_url)) is not None:
+        print(f"no API keys: the database is {problem}", file=sys.stderr)
+        return 0 if problem.startswith("none yet") else 1
+    with _database(settings, migrate=False) as session:
         keys = key_repo.list_keys(session, include_revoked=args.all)
     if not keys:
         print("no API keys", file=sys.stderr)

@@ -168,3 +168,28 @@ def test_serve_refuses_a_public_address_while_no_key_exists(
     started.clear()
     assert main(["keys", "create", "--name", "ops", "--scope", "admin"]) == 0
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0 and started.is_set()
+
+
+def test_keys_list_neither_creates_nor_migrates_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alembic import command
+
+    from service.storage import current_revision, head_revision
+    from service.storage.migrate import alembic_config
+
+    monkeypatch.setenv("FACEBANK_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("FACEBANK_DATABASE_URL", raising=False)
+    assert main(["keys", "list"]) == 0
+    assert "none yet" in capsys.readouterr().err and not (tmp_path / "facebank.db").exists()
+
+    # A database another (older) version left: listing must not upgrade it behind that version's back.
+    engine = make_engine(f"sqlite:///{tmp_path / 'facebank.db'}")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0002")
+    older = current_revision(engine)
+    assert older is not None and older != head_revision()
+    assert main(["keys", "list"]) == 1
+    assert "not migrated" in capsys.readouterr().err
+    assert current_revision(engine) == older
+    engine.dispose()
