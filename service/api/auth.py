@@ -24,6 +24,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.access import anonymous_allowed
@@ -141,10 +142,16 @@ class AuthMiddleware:
             await _refuse(scope, receive, send, failure, headers, retry_after=wait)
             return
         scope.setdefault("state", {})[_STATE_KEY] = result
-        if isinstance(result, AuthFailure) and _has_body(headers):
+        # Answered here rather than by the route's dependency, which would first wait for a worker thread;
+        # a path or method that no route serves is left to the app, so that it answers 404 or 405.
+        if isinstance(result, AuthFailure) and (_has_body(headers) or _is_served(scope)):
             await _refuse(scope, receive, send, result, headers)
             return
         await self.app(scope, receive, send)
+
+
+def _is_served(scope: Scope) -> bool:
+    return any(route.matches(scope)[0] is Match.FULL for route in scope["app"].router.routes)
 
 
 async def _refuse(

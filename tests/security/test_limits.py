@@ -159,3 +159,45 @@ def test_sql_errors_do_not_carry_their_parameters(tmp_path: Path) -> None:
         connection.execute(text("INSERT INTO t VALUES (:name)"), {"name": "Jane Secret"})
     assert "Jane Secret" not in str(failed.value) and "hidden" in str(failed.value)
     engine.dispose()
+
+
+def test_health_and_key_checks_answer_while_every_route_thread_is_taken(
+    client: TestClient, keys: Keys
+) -> None:
+    """Routes run on anyio's default thread pool; uploads can fill it. Take every one of its threads, then
+    ask: /healthz and /readyz answer, a wrong key is refused, and a real request waits for a thread."""
+    import anyio.to_thread
+
+    holders = [object() for _ in range(1000)]
+
+    async def take_all() -> int:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        for holder in holders[: int(limiter.total_tokens)]:
+            await limiter.acquire_on_behalf_of(holder)
+        return int(limiter.total_tokens)
+
+    async def give_back(count: int) -> None:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        for holder in holders[:count]:
+            limiter.release_on_behalf_of(holder)
+
+    def ask(path: str, headers: dict[str, str] | None = None, wait_s: float = 5.0) -> list[int]:
+        answers: list[int] = []
+        thread = threading.Thread(
+            target=lambda: answers.append(client.get(path, headers=headers).status_code)
+        )
+        thread.start()
+        thread.join(wait_s)
+        return answers
+
+    assert client.portal is not None
+    taken = client.portal.call(take_all)
+    try:
+        assert ask("/healthz") == [200]
+        assert ask("/readyz") == [200]
+        assert ask("/v1/identities", {"Authorization": "Bearer fbk_" + "C" * 43}) == [401]
+        waiting = ask("/v1/identities", header(keys.enroll), wait_s=1.0)
+        assert waiting == [], "a route ran although no thread was free: the test did not fill the pool"
+    finally:
+        client.portal.call(give_back, taken)
+    assert client.get("/v1/identities", headers=header(keys.enroll)).status_code == 200
