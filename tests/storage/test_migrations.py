@@ -165,4 +165,3 @@ def test_processes_migrating_a_fresh_sqlite_file_at_once_all_succeed(tmp_path: P
     with engine.connect() as connection:
         assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
     engine.dispose()
-
