@@ -56,6 +56,15 @@ def test_transparent_pixels_become_white() -> None:
     assert np.asarray(out).min() == 255
 
 
+def test_half_transparent_pixels_are_blended_onto_white_as_alpha_compositing_does() -> None:
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 256, (20, 30, 4), dtype=np.uint8), mode="RGBA")
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    expected = np.asarray(Image.alpha_composite(white, image).convert("RGB"), dtype=np.int16)
+    out = np.asarray(decode_image(_encode(image, "PNG"), max_pixels=LIMIT), dtype=np.int16)
+    assert np.abs(out - expected).max() <= 1  # rounding differs by at most one level
+
+
 def test_animated_images_give_their_first_frame() -> None:
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
