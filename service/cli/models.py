@@ -63,30 +63,26 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
 def _database_view(settings: Settings) -> tuple[str | None, dict[str, int] | None, str]:
     """(the active embedder's tag recorded in the database, face counts per model tag, a line for people),
     without migrating or writing anything; (None, None, why) when the database cannot be read."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.storage import (
-        current_revision,
-        head_revision,
-        make_engine,
-        make_session_factory,
-        service_settings,
-    )
+    from service.storage import make_engine, make_session_factory, service_settings
     from service.storage import repository as repo
+    from service.storage.migrate import schema_problem
 
-    url = make_url(settings.resolved_database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).expanduser().exists():
-        return None, None, f"none yet at {url.database}"
+    unreachable = "not reachable ({}); face counts and the active model unknown"
+    try:
+        problem = schema_problem(settings.resolved_database_url)
+    except SQLAlchemyError as exc:
+        return None, None, unreachable.format(type(exc).__name__)
+    if problem is not None:
+        return None, None, problem
     engine = make_engine(settings.resolved_database_url, pool_size=1, max_overflow=0)
     try:
-        if current_revision(engine) != head_revision():
-            return None, None, "not migrated to the newest schema yet (start the server or run doctor --fix)"
         with make_session_factory(engine)() as session:
             active = service_settings.active_embedder(session)
             counts = repo.models_in_use(session)
     except SQLAlchemyError as exc:
-        return None, None, f"not reachable ({type(exc).__name__}); face counts and the active model unknown"
+        return None, None, unreachable.format(type(exc).__name__)
     finally:
         engine.dispose()
     if active is None:

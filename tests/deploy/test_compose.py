@@ -37,15 +37,28 @@ def _compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
+# What an operator's .env beside the compose file holds: the one variable compose requires.
+OPERATOR_ENV = {"POSTGRES_PASSWORD": "from-the-env-file"}
+
+
+class MissingVariable(KeyError):
+    """Compose refuses to start when a `${VAR:?message}` variable is unset or empty."""
+
+
 def _interpolate(value: str, env: dict[str, str] | None = None) -> str:
-    """Compose's `${VAR:-default}` and `${VAR}` with the given environment (default: none set)."""
-    env = env or {}
+    """Compose's `${VAR:-default}`, `${VAR:?message}` and `${VAR}` with the given environment (default: an
+    operator's .env with only the required variables)."""
+    env = OPERATOR_ENV if env is None else env
 
     def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(3)
-        return env.get(name) or (default if default is not None else "")
+        name, kind, rest = match.group(1), match.group(3), match.group(4)
+        if env.get(name):
+            return env[name]
+        if kind == "?":
+            raise MissingVariable(f"{name}: {rest}")
+        return rest if kind == "-" else ""
 
-    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", substitute, value)
+    return re.sub(r"\$\{(\w+)(:([-?])([^}]*))?\}", substitute, value)
 
 
 def _healthcheck_command(check: dict[str, Any]) -> str:
@@ -95,6 +108,27 @@ def test_the_api_is_configured_through_environment_variables_the_settings_know()
     )
     assert environment["FACEBANK_MODEL_DIR"] == "/models" and environment["FACEBANK_DATA_DIR"] == "/data"
     assert environment["FACEBANK_HOST"] == "0.0.0.0"
+
+
+def test_there_is_no_default_database_password() -> None:
+    compose = _compose()
+    api_url = compose["services"]["api"]["environment"]["FACEBANK_DATABASE_URL"]
+    postgres = compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    for value in (api_url, postgres):
+        with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD"):
+            _interpolate(value, env={})
+    assert make_url(_interpolate(api_url)).password == OPERATOR_ENV["POSTGRES_PASSWORD"]
+
+
+def test_containers_drop_capabilities_and_cannot_gain_privileges() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+    # The API writes only to its volumes; its root file system is read-only with a memory-backed /tmp.
+    for name in ("api", "api-gpu"):
+        assert services[name]["read_only"] is True and services[name]["tmpfs"] == ["/tmp"], name
+        assert "cap_add" not in services[name], name
 
 
 def test_the_gpu_profile_reserves_one_gpu_and_runs_the_gpu_image_on_cuda() -> None:

@@ -46,8 +46,11 @@ class Server:
                 self.kill()
 
 
-def start_server(*, data_dir: Path, model_dir: Path, database_url: str, log: Path) -> Server:
-    """Start `facebank serve` and wait until /readyz says ready (models loaded, index rebuilt from SQL)."""
+def start_server(
+    *, data_dir: Path, model_dir: Path, database_url: str, log: Path, env: dict[str, str] | None = None
+) -> Server:
+    """Start `facebank serve` and wait until /readyz says ready (models loaded, index rebuilt from SQL);
+    `env` adds or overrides environment variables (FACEBANK_* settings)."""
     env = {
         **os.environ,
         "FACEBANK_DATA_DIR": str(data_dir),
@@ -56,6 +59,7 @@ def start_server(*, data_dir: Path, model_dir: Path, database_url: str, log: Pat
         "FACEBANK_LOG_LEVEL": "warning",
         "FACEBANK_INTRA_OP_THREADS": "1",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **(env or {}),
     }
     return on_a_free_port(partial(_start_on, env=env, log=log))
 

@@ -18,6 +18,7 @@ from service.gallery import Gallery
 from service.index import make_index
 from service.storage import make_engine, make_session_factory, upgrade_to_head
 from service.storage import repository as repo
+from tests._client import local_client
 from tests.conftest import LFW
 
 FACE = LFW / "Tony_Blair" / "Tony_Blair_0001.jpg"
@@ -47,7 +48,7 @@ def test_deleting_an_identity_removes_index_entries_its_key_list_missed(tmp_path
 @pytest.fixture
 def client(database_url: str, model_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
     settings = Settings(data_dir=tmp_path, model_dir=model_dir, database_url=database_url)
-    with TestClient(create_app(settings)) as test_client:
+    with local_client(create_app(settings)) as test_client:
         yield test_client
 
 

@@ -153,3 +153,20 @@ def test_a_postgres_upgrade_waits_while_another_holds_the_migration_lock(fresh_p
     _finish(child)  # the lock went with the holder's commit
     assert current_revision(engine) == head_revision()
     engine.dispose()
+
+
+def test_processes_migrating_a_fresh_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """SQLite runs DDL outside a transaction unless one is begun explicitly: without the write lock taken
+    first, processes starting together each create the tables and all but one fail."""
+    url = f"sqlite:///{tmp_path / 'facebank.db'}"
+    children = [_start_migrating_child(url) for _ in range(4)]
+    for child in children:
+        _go(child)
+    for child in children:
+        _finish(child)
+    engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
+    assert set(inspect(engine).get_table_names()) == TABLES
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
+    engine.dispose()

@@ -1,24 +1,39 @@
-"""Liveness and readiness."""
+"""Liveness and readiness.
+
+Neither waits behind work: /healthz answers on the event loop, and /readyz's SQL runs on threads of its own,
+not in the pool that upload routes fill when the service is busy.
+"""
 
 from __future__ import annotations
 
+import anyio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.api.deps import State
+from service.api.state import AppState
 from service.storage import repository as repo
 from service.storage import service_settings
 
 router = APIRouter(tags=["health"])
 
+_threads: anyio.CapacityLimiter | None = None
+
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-def readyz(state: State) -> JSONResponse:
+async def readyz(state: State) -> JSONResponse:
+    global _threads
+    if _threads is None:  # made here: an anyio limiter needs the running event loop
+        _threads = anyio.CapacityLimiter(2)
+    return await anyio.to_thread.run_sync(_readiness, state, limiter=_threads)
+
+
+def _readiness(state: AppState) -> JSONResponse:
     """Ready: database reachable and the index no further behind SQL than FACEBANK_MAX_FOLLOW_LAG_S (it
     follows the change log; `changes` reports the applied position, the lag and any problem). Whether this
     process still runs the database's active embedder is reported (`embedder_active`, `restart_needed`) but
