@@ -15,6 +15,7 @@ from service.api.auth import Enroll
 from service.api.convert import face_out, identity_out
 from service.api.deps import DB, State, Times, detect_faces, image_slot, read_image
 from service.api.errors import APIError, not_found
+from service.pipeline.face_by_box import FaceChoiceError, face_for_box, parse_box
 from service.security import Actions, record
 from service.storage import repository as repo
 from service.storage import service_settings
@@ -119,8 +120,11 @@ def enroll_face(
     times: Times,
     caller: Enroll,
     image: Annotated[UploadFile | None, File()] = None,
-    face_policy: Literal["largest", "single"] = Query(default="largest"),
+    face_policy: Literal["largest", "single", "box"] = Query(default="largest"),
+    box: str | None = Query(default=None, max_length=200, description="face_policy=box: x1,y1,x2,y2"),
 ) -> schemas.Face:
+    if box is not None and face_policy != "box":  # a box ignored would enrol some other face
+        raise APIError(422, "bad_request", "box is used only with face_policy=box")
     if repo.get_identity(db, identity_id=identity_id) is None:
         raise not_found("identity")
     # The read transaction must not stay open while the networks run (SQLite readers block checkpoints).
@@ -134,8 +138,15 @@ def enroll_face(
             raise APIError(
                 422, "multiple_faces", f"{len(faces)} faces found; face_policy=single needs exactly one"
             )
-        largest = max(faces, key=lambda f: f.area)
-        (embedded,) = state.pipeline.embed_faces(picture, [largest], times)
+        try:
+            chosen = (
+                face_for_box(faces, parse_box(box))
+                if face_policy == "box"
+                else max(faces, key=lambda f: f.area)
+            )
+        except FaceChoiceError as exc:
+            raise APIError(422, exc.code, exc.message) from exc
+        (embedded,) = state.pipeline.embed_faces(picture, [chosen], times)
     try:
         with times.stage("store"):
             active = service_settings.switched_away_from(db, state.embedder_tag, lock=True)
@@ -152,9 +163,9 @@ def enroll_face(
                 identity_id=identity_id,
                 embedding=embedded.embedding,
                 model=state.embedder_tag,
-                bbox=[float(v) for v in largest.bbox],
-                det_score=largest.score,
-                landmarks=largest.landmarks.tolist(),
+                bbox=[float(v) for v in chosen.bbox],
+                det_score=chosen.score,
+                landmarks=chosen.landmarks.tolist(),
                 image_sha256=hashlib.sha256(data).hexdigest(),
             )
             record(
