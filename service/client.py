@@ -99,6 +99,10 @@ class RetryPolicy:
     # A Retry-After longer than this is not waited for: the error is raised with `retry_after_s` set.
     max_retry_after_s: float = 30.0
 
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before try `attempt + 1` (attempt 0 is the first): exponential, with jitter."""
+        return min(self.max_backoff_s, self.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+
 
 @dataclass(slots=True)
 class ClientStats:
@@ -274,8 +278,7 @@ class _Retrier:
         """Seconds to wait before try `attempt + 1`, or None to raise `error` now."""
         if attempt + 1 >= self.policy.attempts or not self._retryable(call, error):
             return None
-        backoff = min(self.policy.max_backoff_s, self.policy.backoff_s * 2**attempt)
-        backoff *= random.uniform(0.5, 1.0)
+        backoff = self.policy.backoff(attempt)
         if error.retry_after_s is not None:
             if error.retry_after_s > self.policy.max_retry_after_s:
                 return None

@@ -1,15 +1,11 @@
-"""--url mode: through a real uvicorn server, and through a fake API that fails on purpose."""
+"""--url mode: through a real `facebank serve`, and through a scripted API for the failures a real server
+does not produce on demand (answers lost after a commit, outages in the middle of a run)."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,59 +17,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.client import Client
 from service.config import Settings
 from service.ingest.gates import Gates
 from service.ingest.progress import StopFlag
 from service.ingest.remote import RemoteError, RemoteOptions, run_remote
 from service.ingest.report import Status, Tally
 from service.ingest.scan import IngestItem
-from tests.ingest._helpers import ROOT, run_ingest, stored_faces
+from tests._live import sqlite_server
+from tests.ingest._helpers import identity_names, run_ingest, stored_faces
+from tests.reliability._server import free_port
 
 # --- a real server ------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
 def server(model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Settings]]:
     """`facebank serve` on a free port of 127.0.0.1, with its own SQLite database."""
-    port = _free_port()
     settings = Settings(data_dir=tmp_path / "server", model_dir=model_dir)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "FACEBANK_MODEL_DIR": str(model_dir),
-        "FACEBANK_DATA_DIR": str(settings.data_dir),
-        "FACEBANK_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "the server did not become ready in 60 s"
-            time.sleep(0.2)
-        yield url, settings
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with sqlite_server(settings.data_dir, model_dir) as running:
+        yield running.url, settings
 
 
 @pytest.mark.shared
@@ -113,14 +76,50 @@ def test_url_mode_ingests_through_a_running_server_which_sees_the_faces_at_once(
     assert stored_faces(server_settings.resolved_database_url) == faces
 
 
+@pytest.mark.shared
+@pytest.mark.slow
+def test_identities_past_the_first_page_are_found_not_duplicated(
+    server: tuple[str, Settings], small_gallery: Path, tmp_path: Path
+) -> None:
+    url, server_settings = server
+    people = sorted(p.name for p in small_gallery.iterdir())
+    with Client(url) as facebank:
+        for number in range(5):
+            facebank.create_identity(f"someone else {number}")
+        # Made last, so with pages of 2 it is on the third page.
+        existing = facebank.create_identity(people[-1])
+    items = [IngestItem(p, p.parent.name) for p in sorted(small_gallery.glob("*/*.jpg"))]
+    tally = Tally()
+
+    info = run_remote(
+        items,
+        base_url=url,
+        settings=Settings(data_dir=tmp_path / "client", model_dir=server_settings.model_dir),
+        options=RemoteOptions(gates=Gates(), page_size=2),
+        tally=tally,
+        stop=StopFlag(),
+    )
+
+    # One LFW photo of this gallery is too blurred (see the test above).
+    assert tally.totals() == {"ingested": len(items) - 1, "skipped": 0, "rejected": 1, "error": 0}
+    names = identity_names(server_settings.resolved_database_url)
+    assert names[people[-1]] == 1, "the identity on page 3 was used, not created again"
+    assert set(names) == set(people) | {f"someone else {n}" for n in range(5)}
+    with Client(url) as facebank:
+        assert facebank.get_identity(existing.id).face_count == len(
+            list((small_gallery / people[-1]).glob("*"))
+        )
+    assert info.requests > len(items)
+
+
 def test_url_mode_exits_1_when_the_server_cannot_be_reached(tmp_path: Path, small_gallery: Path) -> None:
     settings = Settings(data_dir=tmp_path, model_dir=tmp_path / "none")
-    argv = [str(small_gallery), "--url", f"http://127.0.0.1:{_free_port()}"]
+    argv = [str(small_gallery), "--url", f"http://127.0.0.1:{free_port()}"]
 
     assert run_ingest(argv, settings) == 1
 
 
-# --- a fake API that fails on purpose -------------------------------------------------------------
+# --- failures a real server does not produce on demand: lost answers, outages, a refusing proxy ---------
 
 
 class FakeFacebank:
