@@ -654,9 +654,10 @@ def _feature_commands() -> list[Callable[[Any], None]]:
     from models.evaluation.cli import register as register_eval
     from models.plots.cli import register as register_plots
     from models.training.cli import register as register_train
+    from service.identify_cli import register as register_identify
     from service.ingest.cli import register as register_ingest
 
-    return [register_ingest, register_eval, register_train, register_plots, register_bench]
+    return [register_ingest, register_identify, register_eval, register_train, register_plots, register_bench]
 
 
 def main(argv: list[str] | None = None) -> int:
