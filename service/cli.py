@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from service.config import Settings
+from service.log_setup import configure_logging
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -662,9 +662,7 @@ def _feature_commands() -> list[Callable[[Any], None]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose)
     settings = Settings()
     return int(args.handler(args, settings))
 
