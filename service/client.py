@@ -162,10 +162,12 @@ class _Calls:
         return _Call("POST", "/v1/identities", Identity, json=body, idempotent=False)
 
     @staticmethod
-    def list_identities(limit: int, cursor: str | None) -> _Call:
+    def list_identities(limit: int, cursor: str | None, name: str | None) -> _Call:
         params: dict[str, Any] = {"limit": limit}
         if cursor:
             params["cursor"] = cursor
+        if name:
+            params["name"] = name
         return _Call("GET", "/v1/identities", IdentityPage, params=params)
 
     @staticmethod
@@ -371,14 +373,17 @@ class Client:
     def get_identity(self, identity_id: uuid.UUID | str) -> IdentityDetail:
         return self._send(_Calls.get_identity(identity_id))  # type: ignore[no-any-return]
 
-    def list_identities(self, *, limit: int = 50, cursor: str | None = None) -> IdentityPage:
-        return self._send(_Calls.list_identities(limit, cursor))  # type: ignore[no-any-return]
+    def list_identities(
+        self, *, limit: int = 50, cursor: str | None = None, name: str | None = None
+    ) -> IdentityPage:
+        """One page, oldest first; `name` keeps those whose name contains it (case-insensitive)."""
+        return self._send(_Calls.list_identities(limit, cursor, name))  # type: ignore[no-any-return]
 
-    def iter_identities(self, *, page_size: int = MAX_PAGE) -> Iterator[Identity]:
-        """Every identity, oldest first, one page request at a time."""
+    def iter_identities(self, *, page_size: int = MAX_PAGE, name: str | None = None) -> Iterator[Identity]:
+        """Every identity (whose name contains `name`), oldest first, one page request at a time."""
         cursor: str | None = None
         while True:
-            page = self.list_identities(limit=page_size, cursor=cursor)
+            page = self.list_identities(limit=page_size, cursor=cursor, name=name)
             yield from page.items
             if not page.next_cursor:
                 return
@@ -508,13 +513,17 @@ class AsyncClient:
     async def get_identity(self, identity_id: uuid.UUID | str) -> IdentityDetail:
         return await self._send(_Calls.get_identity(identity_id))  # type: ignore[no-any-return]
 
-    async def list_identities(self, *, limit: int = 50, cursor: str | None = None) -> IdentityPage:
-        return await self._send(_Calls.list_identities(limit, cursor))  # type: ignore[no-any-return]
+    async def list_identities(
+        self, *, limit: int = 50, cursor: str | None = None, name: str | None = None
+    ) -> IdentityPage:
+        return await self._send(_Calls.list_identities(limit, cursor, name))  # type: ignore[no-any-return]
 
-    async def iter_identities(self, *, page_size: int = MAX_PAGE) -> AsyncIterator[Identity]:
+    async def iter_identities(
+        self, *, page_size: int = MAX_PAGE, name: str | None = None
+    ) -> AsyncIterator[Identity]:
         cursor: str | None = None
         while True:
-            page = await self.list_identities(limit=page_size, cursor=cursor)
+            page = await self.list_identities(limit=page_size, cursor=cursor, name=name)
             for identity in page.items:
                 yield identity
             if not page.next_cursor:

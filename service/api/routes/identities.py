@@ -50,9 +50,12 @@ def list_identities(
     _: Enroll,
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(default=None, max_length=512),
+    name: str | None = Query(
+        default=None, max_length=256, pattern=r"^[^\x00]*$", description="only names containing this"
+    ),
 ) -> schemas.IdentityPage:
     try:
-        items, next_cursor = repo.list_identities(db, limit=limit, cursor=cursor)
+        items, next_cursor = repo.list_identities(db, limit=limit, cursor=cursor, name_contains=name)
     except repo.InvalidCursor as exc:
         raise APIError(422, "invalid_cursor", "cursor is not one this server issued") from exc
     counts = repo.face_counts(db, identity_ids=[i.id for i in items])
