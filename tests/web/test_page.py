@@ -172,6 +172,9 @@ def test_enrol_identify_add_a_face_to_someone_and_delete(
     page.shot("recognised-after-adding")
     with Client(server.url) as facebank:
         assert facebank.get_identity(cyd_id).face_count == 1
+        # Recognised in another photo of them too, not only in the one their face came from.
+        elsewhere = facebank.identify(cyd.photos[2], k=1).faces[0].identity
+        assert elsewhere is not None and elsewhere.id == cyd_id
 
     # The fourth is new: enrol them on the spot.
     page.find('.box[data-face="3"]').click()

@@ -139,6 +139,7 @@ async function identify(file) {
     await img.decode();
     // Boxes are in the upright photo's pixels; the browser shows it upright too (EXIF applied).
     const width = img.naturalWidth, height = img.naturalHeight;
+    img.classList.toggle("small", width < 768);
     const ordered = body.faces.slice().sort((a, b) => a.bbox[0] - b.bbox[0]);
     ordered.forEach((face, index) => {
       stage.append(faceBox(face, index, width, height));
