@@ -50,13 +50,12 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    # Why: never let Selenium Manager look for or download a browser or driver; use the ones given.
-    os.environ.setdefault("SE_OFFLINE", "true")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for argument in CHROMIUM_ARGS:
         options.add_argument(argument)
     options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    # The driver's path given: Selenium Manager never runs, so nothing is looked up or downloaded.
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     try:
         yield driver
