@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 import httpx
 from PIL import Image
@@ -113,13 +113,16 @@ class ClientStats:
 _UNSET: Any = object()
 
 
+_Body = TypeVar("_Body", bound=BaseModel | None)
+
+
 @dataclass(frozen=True, slots=True)
-class _Call:
-    """One API request, described once for both clients."""
+class _Call(Generic[_Body]):
+    """One API request, described once for both clients; `model` parses its answer (None: no body)."""
 
     method: str
     path: str
-    model: type[BaseModel] | None = None
+    model: type[_Body] | None = None
     params: Mapping[str, Any] | None = None
     json: Any = None
     files: Mapping[str, tuple[str, bytes, str]] | None = None
@@ -153,7 +156,9 @@ class _Calls:
     """The requests of the v1 API, without sending them."""
 
     @staticmethod
-    def create_identity(name: str, external_id: str | None, metadata: dict[str, Any] | None) -> _Call:
+    def create_identity(
+        name: str, external_id: str | None, metadata: dict[str, Any] | None
+    ) -> _Call[Identity]:
         body: dict[str, Any] = {"name": name}
         if external_id is not None:
             body["external_id"] = external_id
@@ -162,7 +167,7 @@ class _Calls:
         return _Call("POST", "/v1/identities", Identity, json=body, idempotent=False)
 
     @staticmethod
-    def list_identities(limit: int, cursor: str | None, name: str | None) -> _Call:
+    def list_identities(limit: int, cursor: str | None, name: str | None) -> _Call[IdentityPage]:
         params: dict[str, Any] = {"limit": limit}
         if cursor:
             params["cursor"] = cursor
@@ -171,11 +176,13 @@ class _Calls:
         return _Call("GET", "/v1/identities", IdentityPage, params=params)
 
     @staticmethod
-    def get_identity(identity_id: uuid.UUID | str) -> _Call:
+    def get_identity(identity_id: uuid.UUID | str) -> _Call[IdentityDetail]:
         return _Call("GET", f"/v1/identities/{identity_id}", IdentityDetail)
 
     @staticmethod
-    def update_identity(identity_id: uuid.UUID | str, name: Any, external_id: Any, metadata: Any) -> _Call:
+    def update_identity(
+        identity_id: uuid.UUID | str, name: Any, external_id: Any, metadata: Any
+    ) -> _Call[Identity]:
         changes = {
             key: value
             for key, value in (("name", name), ("external_id", external_id), ("metadata", metadata))
@@ -184,7 +191,7 @@ class _Calls:
         return _Call("PATCH", f"/v1/identities/{identity_id}", Identity, json=changes)
 
     @staticmethod
-    def delete_identity(identity_id: uuid.UUID | str) -> _Call:
+    def delete_identity(identity_id: uuid.UUID | str) -> _Call[None]:
         return _Call("DELETE", f"/v1/identities/{identity_id}")
 
     @staticmethod
@@ -193,7 +200,7 @@ class _Calls:
         image: ImageInput,
         face_policy: FacePolicy | None,
         box: Sequence[float] | None,
-    ) -> _Call:
+    ) -> _Call[Face]:
         policy = face_policy or ("box" if box is not None else "largest")
         params: dict[str, str] = {"face_policy": policy}
         if box is not None:
@@ -208,11 +215,11 @@ class _Calls:
         )
 
     @staticmethod
-    def delete_face(identity_id: uuid.UUID | str, face_id: uuid.UUID | str) -> _Call:
+    def delete_face(identity_id: uuid.UUID | str, face_id: uuid.UUID | str) -> _Call[None]:
         return _Call("DELETE", f"/v1/identities/{identity_id}/faces/{face_id}")
 
     @staticmethod
-    def identify(image: ImageInput, k: int, threshold: float | None) -> _Call:
+    def identify(image: ImageInput, k: int, threshold: float | None) -> _Call[IdentifyResponse]:
         params: dict[str, Any] = {"k": k}
         if threshold is not None:
             params["threshold"] = threshold
@@ -221,7 +228,9 @@ class _Calls:
         )
 
     @staticmethod
-    def verify(image: ImageInput, identity_id: uuid.UUID | str | None, image2: ImageInput | None) -> _Call:
+    def verify(
+        image: ImageInput, identity_id: uuid.UUID | str | None, image2: ImageInput | None
+    ) -> _Call[VerifyResponse]:
         if (identity_id is None) == (image2 is None):
             raise ValueError("give either identity_id or image2")
         files = {"image": _image_file(image)}
@@ -233,11 +242,11 @@ class _Calls:
         return _Call("POST", "/v1/verify", VerifyResponse, files=files, data=data)
 
     @staticmethod
-    def detect(image: ImageInput) -> _Call:
+    def detect(image: ImageInput) -> _Call[DetectResponse]:
         return _Call("POST", "/v1/detect", DetectResponse, files={"image": _image_file(image)})
 
     @staticmethod
-    def audit(limit: int, before: int | None, target_id: str | None, action: str | None) -> _Call:
+    def audit(limit: int, before: int | None, target_id: str | None, action: str | None) -> _Call[AuditPage]:
         params: dict[str, Any] = {"limit": limit}
         for key, value in (("before", before), ("target_id", target_id), ("action", action)):
             if value is not None:
@@ -276,7 +285,7 @@ class _Retrier:
     policy: RetryPolicy
     stats: ClientStats = field(default_factory=ClientStats)
 
-    def delay(self, call: _Call, attempt: int, error: FacebankError) -> float | None:
+    def delay(self, call: _Call[Any], attempt: int, error: FacebankError) -> float | None:
         """Seconds to wait before try `attempt + 1`, or None to raise `error` now."""
         if attempt + 1 >= self.policy.attempts or not self._retryable(call, error):
             return None
@@ -289,7 +298,7 @@ class _Retrier:
         return backoff
 
     @staticmethod
-    def _retryable(call: _Call, error: FacebankError) -> bool:
+    def _retryable(call: _Call[Any], error: FacebankError) -> bool:
         # Turned away before any work: safe for every request.
         if error.status == 429 or (error.status == 503 and error.code == "busy"):
             return True
@@ -297,12 +306,13 @@ class _Retrier:
         return call.idempotent and error.status in (None, 502, 503, 504)
 
 
-def _parsed(call: _Call, response: httpx.Response) -> Any:
+def _parsed(call: _Call[_Body], response: httpx.Response) -> _Body:
     if response.status_code >= 400:
         raise _error_of(response)
     if call.model is None:
-        return None
-    return call.model.model_validate(response.json())
+        return cast(_Body, None)  # a call without a model is a _Call[None]
+    model = cast("type[BaseModel]", call.model)
+    return cast(_Body, model.model_validate(response.json()))
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -339,7 +349,7 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def _send(self, call: _Call) -> Any:
+    def _send(self, call: _Call[_Body]) -> _Body:
         attempt = 0
         while True:
             self.stats.requests += 1
@@ -368,16 +378,16 @@ class Client:
     def create_identity(
         self, name: str, *, external_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> Identity:
-        return self._send(_Calls.create_identity(name, external_id, metadata))  # type: ignore[no-any-return]
+        return self._send(_Calls.create_identity(name, external_id, metadata))
 
     def get_identity(self, identity_id: uuid.UUID | str) -> IdentityDetail:
-        return self._send(_Calls.get_identity(identity_id))  # type: ignore[no-any-return]
+        return self._send(_Calls.get_identity(identity_id))
 
     def list_identities(
         self, *, limit: int = 50, cursor: str | None = None, name: str | None = None
     ) -> IdentityPage:
         """One page, oldest first; `name` keeps those whose name contains it (case-insensitive)."""
-        return self._send(_Calls.list_identities(limit, cursor, name))  # type: ignore[no-any-return]
+        return self._send(_Calls.list_identities(limit, cursor, name))
 
     def iter_identities(self, *, page_size: int = MAX_PAGE, name: str | None = None) -> Iterator[Identity]:
         """Every identity (whose name contains `name`), oldest first, one page request at a time."""
@@ -398,7 +408,7 @@ class Client:
         metadata: dict[str, Any] | None = _UNSET,
     ) -> Identity:
         """Change the fields given; the others stay as they are."""
-        return self._send(_Calls.update_identity(identity_id, name, external_id, metadata))  # type: ignore[no-any-return]
+        return self._send(_Calls.update_identity(identity_id, name, external_id, metadata))
 
     def delete_identity(self, identity_id: uuid.UUID | str) -> None:
         self._send(_Calls.delete_identity(identity_id))
@@ -414,14 +424,14 @@ class Client:
     ) -> Face:
         """Enroll one face of `image`: the largest (default), the only one (`single`), or the one `box`
         (x1, y1, x2, y2 as /v1/identify or /v1/detect return it) overlaps most (`box`, implied by `box=`)."""
-        return self._send(_Calls.enroll_face(identity_id, image, face_policy, box))  # type: ignore[no-any-return]
+        return self._send(_Calls.enroll_face(identity_id, image, face_policy, box))
 
     def delete_face(self, identity_id: uuid.UUID | str, face_id: uuid.UUID | str) -> None:
         self._send(_Calls.delete_face(identity_id, face_id))
 
     # --- recognition
     def identify(self, image: ImageInput, *, k: int = 5, threshold: float | None = None) -> IdentifyResponse:
-        return self._send(_Calls.identify(image, k, threshold))  # type: ignore[no-any-return]
+        return self._send(_Calls.identify(image, k, threshold))
 
     def verify(
         self,
@@ -430,10 +440,10 @@ class Client:
         identity_id: uuid.UUID | str | None = None,
         image2: ImageInput | None = None,
     ) -> VerifyResponse:
-        return self._send(_Calls.verify(image, identity_id, image2))  # type: ignore[no-any-return]
+        return self._send(_Calls.verify(image, identity_id, image2))
 
     def detect(self, image: ImageInput) -> DetectResponse:
-        return self._send(_Calls.detect(image))  # type: ignore[no-any-return]
+        return self._send(_Calls.detect(image))
 
     # --- admin
     def audit(
@@ -445,7 +455,7 @@ class Client:
         action: str | None = None,
     ) -> AuditPage:
         """Audit events, newest first; pass `next_before` of a page as `before` for the next (admin scope)."""
-        return self._send(_Calls.audit(limit, before, target_id, action))  # type: ignore[no-any-return]
+        return self._send(_Calls.audit(limit, before, target_id, action))
 
 
 class AsyncClient:
@@ -480,7 +490,7 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def _send(self, call: _Call) -> Any:
+    async def _send(self, call: _Call[_Body]) -> _Body:
         attempt = 0
         while True:
             self.stats.requests += 1
@@ -508,15 +518,15 @@ class AsyncClient:
     async def create_identity(
         self, name: str, *, external_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> Identity:
-        return await self._send(_Calls.create_identity(name, external_id, metadata))  # type: ignore[no-any-return]
+        return await self._send(_Calls.create_identity(name, external_id, metadata))
 
     async def get_identity(self, identity_id: uuid.UUID | str) -> IdentityDetail:
-        return await self._send(_Calls.get_identity(identity_id))  # type: ignore[no-any-return]
+        return await self._send(_Calls.get_identity(identity_id))
 
     async def list_identities(
         self, *, limit: int = 50, cursor: str | None = None, name: str | None = None
     ) -> IdentityPage:
-        return await self._send(_Calls.list_identities(limit, cursor, name))  # type: ignore[no-any-return]
+        return await self._send(_Calls.list_identities(limit, cursor, name))
 
     async def iter_identities(
         self, *, page_size: int = MAX_PAGE, name: str | None = None
@@ -538,7 +548,7 @@ class AsyncClient:
         external_id: str | None = _UNSET,
         metadata: dict[str, Any] | None = _UNSET,
     ) -> Identity:
-        return await self._send(_Calls.update_identity(identity_id, name, external_id, metadata))  # type: ignore[no-any-return]
+        return await self._send(_Calls.update_identity(identity_id, name, external_id, metadata))
 
     async def delete_identity(self, identity_id: uuid.UUID | str) -> None:
         await self._send(_Calls.delete_identity(identity_id))
@@ -551,7 +561,7 @@ class AsyncClient:
         face_policy: FacePolicy | None = None,
         box: Sequence[float] | None = None,
     ) -> Face:
-        return await self._send(_Calls.enroll_face(identity_id, image, face_policy, box))  # type: ignore[no-any-return]
+        return await self._send(_Calls.enroll_face(identity_id, image, face_policy, box))
 
     async def delete_face(self, identity_id: uuid.UUID | str, face_id: uuid.UUID | str) -> None:
         await self._send(_Calls.delete_face(identity_id, face_id))
@@ -559,7 +569,7 @@ class AsyncClient:
     async def identify(
         self, image: ImageInput, *, k: int = 5, threshold: float | None = None
     ) -> IdentifyResponse:
-        return await self._send(_Calls.identify(image, k, threshold))  # type: ignore[no-any-return]
+        return await self._send(_Calls.identify(image, k, threshold))
 
     async def verify(
         self,
@@ -568,10 +578,10 @@ class AsyncClient:
         identity_id: uuid.UUID | str | None = None,
         image2: ImageInput | None = None,
     ) -> VerifyResponse:
-        return await self._send(_Calls.verify(image, identity_id, image2))  # type: ignore[no-any-return]
+        return await self._send(_Calls.verify(image, identity_id, image2))
 
     async def detect(self, image: ImageInput) -> DetectResponse:
-        return await self._send(_Calls.detect(image))  # type: ignore[no-any-return]
+        return await self._send(_Calls.detect(image))
 
     async def audit(
         self,
@@ -581,4 +591,4 @@ class AsyncClient:
         target_id: str | None = None,
         action: str | None = None,
     ) -> AuditPage:
-        return await self._send(_Calls.audit(limit, before, target_id, action))  # type: ignore[no-any-return]
+        return await self._send(_Calls.audit(limit, before, target_id, action))

@@ -200,7 +200,7 @@ class FakeFacebank:
         if path == "/v1/detect":
             return httpx.Response(200, json={"faces": [self._detect(self._image(request))]})
         if path == "/v1/identify":
-            return httpx.Response(200, json={"model": self.model, "faces": []})
+            return httpx.Response(200, json={"model": self.model, "threshold": 0.35, "faces": []})
         identity_id = path.split("/")[3]
         if path.endswith("/faces"):
             detected = self._detect(self._image(request))
