@@ -291,13 +291,17 @@ async function uploadPhotos(identityId, files, policy, target) {
 
 // --- enrol a new person from one or more photos
 let enrolFiles = [];
+const ENROL_HINT = "Choose photos of them or drop them here";
 
 async function enrol(event) {
   event.preventDefault();
   showError(null);
   const name = $("enrol-name").value.trim();
-  if (!name || !enrolFiles.length) return;
   const target = $("enrol-progress");
+  if (!enrolFiles.length) {
+    target.replaceChildren(el("p", { class: "status error" }, "Choose or drop at least one photo of them."));
+    return;
+  }
   try {
     const person = await call("/v1/identities", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ name }) });
     const added = await uploadPhotos(person.id, enrolFiles, "largest", target);
@@ -309,6 +313,7 @@ async function enrol(event) {
       target.append(el("p", { class: "status ok" }, `Enrolled ${name} with ${added} face(s).`));
       $("enrol-form").reset();
       enrolFiles = [];
+      $("enrol-drop").querySelector("span").textContent = ENROL_HINT;
     }
     loadPeople();
   } catch (error) {
