@@ -128,7 +128,9 @@ def test_enrol_identify_add_a_face_to_someone_and_delete(
 
     # Enrol from a single photo.
     page.find("#enrol-name").send_keys(ada.name)
-    page.find("#enrol-files").send_keys(str(ada.photos[0]))
+    page.find("#enrol-form button[type=submit]").click()
+    page.until(lambda: "at least one photo" in page.text("#enrol-progress"), "asks for a photo")
+    page.drop("#enrol-drop", ada.photos[0])
     page.find("#enrol-form button[type=submit]").click()
     page.until(lambda: f"Enrolled {ada.name} with 1 face(s)." in page.text("#enrol-progress"), "enrolled")
     page.until(lambda: ada.name in page.text("#people tbody"), "listed")
