@@ -44,6 +44,7 @@ from service.api.schemas import (
     Identity,
     IdentityDetail,
     IdentityPage,
+    IndexReport,
     VerifyResponse,
 )
 
@@ -61,6 +62,7 @@ __all__ = [
     "IdentityDetail",
     "IdentityPage",
     "ImageInput",
+    "IndexReport",
     "RetryPolicy",
     "VerifyResponse",
 ]
@@ -252,6 +254,15 @@ class _Calls:
             if value is not None:
                 params[key] = value
         return _Call("GET", "/v1/audit", AuditPage, params=params)
+
+    @staticmethod
+    def index_report() -> _Call[IndexReport]:
+        return _Call("GET", "/v1/admin/index", IndexReport)
+
+    @staticmethod
+    def rebuild_index() -> _Call[IndexReport]:
+        # Rebuilding from SQL again gives the same index: safe to repeat.
+        return _Call("POST", "/v1/admin/index/rebuild", IndexReport)
 
 
 def _error_of(response: httpx.Response) -> FacebankError:
@@ -457,6 +468,14 @@ class Client:
         """Audit events, newest first; pass `next_before` of a page as `before` for the next (admin scope)."""
         return self._send(_Calls.audit(limit, before, target_id, action))
 
+    def index_report(self) -> IndexReport:
+        """Whether the server's search index holds exactly the faces in SQL (admin scope)."""
+        return self._send(_Calls.index_report())
+
+    def rebuild_index(self) -> IndexReport:
+        """Rebuild the server's index from SQL, without a restart (admin scope)."""
+        return self._send(_Calls.rebuild_index())
+
 
 class AsyncClient:
     """The same API as `Client`, awaitable; use with `async with`, or call `await aclose()`."""
@@ -592,3 +611,9 @@ class AsyncClient:
         action: str | None = None,
     ) -> AuditPage:
         return await self._send(_Calls.audit(limit, before, target_id, action))
+
+    async def index_report(self) -> IndexReport:
+        return await self._send(_Calls.index_report())
+
+    async def rebuild_index(self) -> IndexReport:
+        return await self._send(_Calls.rebuild_index())

@@ -79,6 +79,9 @@ def test_identities_faces_and_recognition_round_trip(
             facebank.get_identity(ada.id)
         assert (gone.value.status, gone.value.code) == (404, "not_found")
 
+        report = facebank.index_report()
+        assert report.in_step and report.sql_faces == report.index_faces == 1  # Alan's one face left
+        assert facebank.rebuild_index().in_step
         actions = [e.action for e in facebank.audit(limit=20).items]
         assert {"identity.delete", "face.delete", "face.enroll"} <= set(actions), actions
         facebank.delete_identity(alan.id)
