@@ -93,7 +93,12 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     api_key: SecretStr | None = Field(
-        default=None, description="Key that client commands (ingest --url, doctor --server) send to a server."
+        default=None,
+        description="Key that client commands (identify, ingest --url, doctor --server) send to a server.",
+    )
+    server_url: str = Field(
+        default="http://127.0.0.1:8000",
+        description="The server `facebank identify` asks when no --url is given.",
     )
     # Access from outside (docs/security.md). Lists are comma-separated in the environment.
     trusted_proxies: str = Field(

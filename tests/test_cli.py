@@ -7,6 +7,7 @@ import pytest
 from service.cli import build_parser
 
 COMMANDS = ["serve", "models", "keys", "doctor", "ingest", "eval", "train", "plot-losses", "bench"]
+COMMANDS += ["identify"]
 
 
 def test_every_command_is_registered() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from service import __version__
 from service.active_model import resolve_embedder
@@ -138,6 +139,9 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
     app.include_router(identities.router)
     app.include_router(recognition.router)
     app.include_router(admin.router)
+
+    # The page's script and style sheet (index.html is served at /).
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -135,6 +135,8 @@ class IdentifiedFace(DetectedFaceOut):
 
 class IdentifyResponse(BaseModel):
     model: str
+    # The score a face's best match needed to be named (the request's `threshold`, else the server's).
+    threshold: float
     faces: list[IdentifiedFace]
 
 

@@ -9,15 +9,13 @@ serving-only install runs without them. Each plugin's `register(subparsers)` mus
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from importlib.metadata import entry_points
 from typing import Any
 
-from service.cli import doctor, keys, models, serve
+from service.cli import doctor, identify, keys, models, serve
 from service.config import Settings
-
-log = logging.getLogger(__name__)
+from service.log_setup import configure_logging
 
 COMMAND_PLUGINS = "facebank.commands"
 MODELS_COMMAND_PLUGINS = "facebank.models_commands"
@@ -34,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.register(commands)
     doctor.register(commands)
     register_ingest(commands)
+    identify.register(commands)
     _add_plugins(MODELS_COMMAND_PLUGINS, models_commands)
     _add_plugins(COMMAND_PLUGINS, commands)
     return parser
@@ -51,8 +50,6 @@ def _add_plugins(group: str, subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.verbose)
     settings = Settings()
     return int(args.handler(args, settings))

@@ -239,32 +239,25 @@ def _check_rebuilt_index(checkup: _Checkup, tag: str, dim: int) -> None:
 
 def _check_server(report: _Report, server: str, api_key: str | None, *, fix: bool) -> None:
     """A running server's index against SQL; with fix, ask it to rebuild."""
-    import httpx
+    from service.client import Client, FacebankError
 
-    headers = {"X-API-Key": api_key} if api_key else {}
     try:
-        with httpx.Client(base_url=server, headers=headers, timeout=120.0) as http:
-            response = http.get("/v1/admin/index")
-            if response.status_code != 200:
-                report.problem(
-                    f"{server}: GET /v1/admin/index answered {response.status_code}: {response.text}"
-                )
-                return
-            body = response.json()
-            if body["in_step"]:
-                report.ok(f"{server}: its index holds exactly the {body['sql_faces']} faces in SQL")
+        with Client(server, api_key=api_key, timeout_s=120.0) as facebank:
+            index = facebank.index_report()
+            if index.in_step:
+                report.ok(f"{server}: its index holds exactly the {index.sql_faces} faces in SQL")
                 return
             report.problem(
-                f"{server}: its index differs from SQL ({body['missing_from_index']} missing, "
-                f"{body['stale_in_index']} stale)"
+                f"{server}: its index differs from SQL ({index.missing_from_index} missing, "
+                f"{index.stale_in_index} stale)"
             )
             if not fix:
                 report.note("`--fix` asks the server to rebuild its index from SQL (no restart needed)")
                 return
-            after = http.post("/v1/admin/index/rebuild").json()
-            if after.get("in_step"):
-                report.fixed(f"{server}: rebuilt its index from SQL ({after['index_faces']} faces)")
+            after = facebank.rebuild_index()
+            if after.in_step:
+                report.fixed(f"{server}: rebuilt its index from SQL ({after.index_faces} faces)")
             else:
                 report.note(f"{server}: still differs after a rebuild (writes in flight?): {after}")
-    except httpx.HTTPError as exc:
-        report.problem(f"{server}: cannot reach the server: {exc}")
+    except FacebankError as exc:
+        report.problem(f"{server}: {exc}")

@@ -144,12 +144,16 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def list_identities(
-    session: Session, *, limit: int, cursor: str | None = None
+    session: Session, *, limit: int, cursor: str | None = None, name_contains: str | None = None
 ) -> tuple[list[Identity], str | None]:
-    """One page of identities, oldest first, and the cursor of the next page (None on the last page)."""
+    """One page of identities, oldest first, and the cursor of the next page (None on the last page);
+    with `name_contains`, only those whose name contains it (case-insensitively for ASCII)."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
     query = select(Identity).order_by(Identity.created_at, Identity.id)
+    if name_contains:
+        pattern = name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Identity.name.ilike(f"%{pattern}%", escape="\\"))
     if cursor is not None:
         created_at, identity_id = _decode_cursor(cursor)
         # Why keyset, not OFFSET: each page costs the same however deep it is, and inserts do not shift pages.

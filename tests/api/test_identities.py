@@ -83,3 +83,26 @@ def test_bad_input_gets_a_4xx_with_a_machine_readable_code(client: TestClient) -
     for response, status, code in cases:
         assert response.status_code == status, (response.request.url, response.text)
         assert response.json()["error"]["code"] == code, response.text
+
+
+def test_listing_by_name_finds_substrings_in_any_case_and_pages(client: TestClient) -> None:
+    tag = uuid.uuid4().hex[:8]
+    wanted = [_create(client, name=f"Grace {tag} Hopper {i}")["id"] for i in range(5)]
+    _create(client, name=f"Alan {tag} Turing")
+    _create(client, name=f"100% {tag}_x")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2, "name": f"{tag} hopper"} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/v1/identities", params=params).json()
+        seen.extend(item["id"] for item in page["items"])
+        if not (cursor := page["next_cursor"]):
+            break
+    assert seen == wanted
+    # LIKE's wildcards are plain characters in a search.
+    assert [
+        i["name"] for i in client.get("/v1/identities", params={"name": f"% {tag}_"}).json()["items"]
+    ] == [f"100% {tag}_x"]
+    assert client.get("/v1/identities", params={"name": f"{tag}%Turing"}).json()["items"] == []
+    refused = client.get("/v1/identities", params={"name": "a\x00b"})
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "validation_error"

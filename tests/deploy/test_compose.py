@@ -312,7 +312,7 @@ def test_a_wheel_built_from_the_build_context_carries_migrations_manifest_and_pa
     names = set(zipfile.ZipFile(wheel).namelist())
     migrations = {"migrations/env.py", "migrations/versions/0001_initial.py"}
     assert migrations | {"service/runtime/manifest.toml"} <= names
-    assert {"service/api/static/index.html", "service/ingest/cli.py"} <= names
+    assert {"service/api/static/index.html", "service/api/static/app.js", "service/ingest/cli.py"} <= names
     assert not any(name.endswith((".onnx", ".pth", ".pt")) for name in names)
 
 

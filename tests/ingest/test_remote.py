@@ -1,30 +1,28 @@
-"""--url mode: through a real uvicorn server, and through a fake API that fails on purpose."""
+"""--url mode, always through a real `facebank serve`; the failures a server does not produce on demand
+(answers lost after a commit, outages in the middle of a run) are made on the way to it."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
+from service.client import Client
 from service.config import Settings
 from service.ingest.gates import Gates
 from service.ingest.progress import StopFlag
 from service.ingest.remote import RemoteError, RemoteOptions, run_remote
 from service.ingest.report import Status, Tally
 from service.ingest.scan import IngestItem
-from tests._ports import free_port
-from tests.ingest._helpers import run_ingest, stored_faces
-from tests.reliability._server import start_server
+from service.security import Scope
+from tests._live import Person, issue_test_key, lfw_people, sqlite_server, sqlite_url
+from tests.ingest._helpers import identity_names, run_ingest, stored_faces
+from tests.reliability._server import free_port
 
 # --- a real server ------------------------------------------------------------------------------------
 
@@ -33,17 +31,8 @@ from tests.reliability._server import start_server
 def server(model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Settings]]:
     """`facebank serve` on a free port of 127.0.0.1, with its own SQLite database."""
     settings = Settings(data_dir=tmp_path / "server", model_dir=model_dir)
-    # The shared start-up: it starts again on another port when this one was taken meanwhile.
-    running = start_server(
-        data_dir=settings.data_dir,
-        model_dir=model_dir,
-        database_url=settings.resolved_database_url,
-        log=tmp_path / "server.log",
-    )
-    try:
+    with sqlite_server(settings.data_dir, model_dir) as running:
         yield running.url, settings
-    finally:
-        running.stop()
 
 
 @pytest.mark.shared
@@ -83,6 +72,42 @@ def test_url_mode_ingests_through_a_running_server_which_sees_the_faces_at_once(
     assert stored_faces(server_settings.resolved_database_url) == faces
 
 
+@pytest.mark.shared
+@pytest.mark.slow
+def test_identities_past_the_first_page_are_found_not_duplicated(
+    server: tuple[str, Settings], small_gallery: Path, tmp_path: Path
+) -> None:
+    url, server_settings = server
+    people = sorted(p.name for p in small_gallery.iterdir())
+    with Client(url) as facebank:
+        for number in range(5):
+            facebank.create_identity(f"someone else {number}")
+        # Made last, so with pages of 2 it is on the third page.
+        existing = facebank.create_identity(people[-1])
+    items = [IngestItem(p, p.parent.name) for p in sorted(small_gallery.glob("*/*.jpg"))]
+    tally = Tally()
+
+    info = run_remote(
+        items,
+        base_url=url,
+        settings=Settings(data_dir=tmp_path / "client", model_dir=server_settings.model_dir),
+        options=RemoteOptions(gates=Gates(), page_size=2),
+        tally=tally,
+        stop=StopFlag(),
+    )
+
+    # One LFW photo of this gallery is too blurred (see the test above).
+    assert tally.totals() == {"ingested": len(items) - 1, "skipped": 0, "rejected": 1, "error": 0}
+    names = identity_names(server_settings.resolved_database_url)
+    assert names[people[-1]] == 1, "the identity on page 3 was used, not created again"
+    assert set(names) == set(people) | {f"someone else {n}" for n in range(5)}
+    with Client(url) as facebank:
+        assert facebank.get_identity(existing.id).face_count == len(
+            list((small_gallery / people[-1]).glob("*"))
+        )
+    assert info.requests > len(items)
+
+
 def test_url_mode_exits_1_when_the_server_cannot_be_reached(tmp_path: Path, small_gallery: Path) -> None:
     settings = Settings(data_dir=tmp_path, model_dir=tmp_path / "none")
     argv = [str(small_gallery), "--url", f"http://127.0.0.1:{free_port()}"]
@@ -90,210 +115,186 @@ def test_url_mode_exits_1_when_the_server_cannot_be_reached(tmp_path: Path, smal
     assert run_ingest(argv, settings) == 1
 
 
-# --- a fake API that fails on purpose -------------------------------------------------------------
+# --- failures on the way to a real server: lost answers, outages, a refusing server ---------------------
 
 
-class FakeFacebank:
-    """Just enough of the v1 API, in memory, with a detector that boxes a face from the image's size."""
+class FaultyLink(httpx.AsyncHTTPTransport):
+    """The network between ingest and a real server, failing as scripted per route.
 
-    model = "fake@1"
+    Actions for a route's next calls: "busy" (a 503 busy answered on the server's behalf, nothing sent),
+    "drop" (the connection fails before sending), "commit-drop" (the server gets and commits the request,
+    then the answer is lost), "ok".
+    """
 
     def __init__(self) -> None:
-        self.identities: dict[str, dict[str, Any]] = {}
-        self.faces: dict[str, list[dict[str, Any]]] = {}
-        self.calls: list[str] = []
-        # route -> outcomes for its next calls: "503", "drop" (no answer), "commit-drop" (do it, lose answer)
+        super().__init__()
         self.script: dict[str, list[str]] = {}
-        self.api_key: str | None = None  # when set, /v1 wants `Authorization: Bearer <it>`
+        self.calls: list[str] = []
+        self.before: dict[str, Callable[[httpx.Request], Awaitable[None]]] = {}
 
-    def _detect(self, image: bytes) -> dict[str, Any]:
-        width, height = Image.open(io.BytesIO(image)).size
-        side = min(width, height) * 0.6
-        x, y = (width - side) / 2, (height - side) / 2
-        points = [
-            [x + side * fx, y + side * fy]
-            for fx, fy in [(0.3, 0.4), (0.7, 0.4), (0.5, 0.6), (0.35, 0.8), (0.65, 0.8)]
-        ]
-        score = 0.99 + (sum(image[-64:]) % 97) / 1e4  # deterministic, differs between photos
-        return {"bbox": [x, y, x + side, y + side], "det_score": score, "landmarks": points}
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path, method = request.url.path, request.method
         route = f"{method} {'/v1/identities/{id}/faces' if path.endswith('/faces') else path}"
         self.calls.append(route)
         script = self.script.get(route, [])
         action = script.pop(0) if script else "ok"
-        if action == "503":
-            return httpx.Response(503, json={"error": {"code": "unavailable", "message": "busy"}})
+        if action == "busy":
+            return httpx.Response(503, json={"error": {"code": "busy", "message": "try again"}})
         if action == "drop":
             raise httpx.ConnectError("connection refused", request=request)
-        if (
-            self.api_key
-            and path.startswith("/v1")
-            and request.headers.get("authorization") != f"Bearer {self.api_key}"
-        ):
-            return httpx.Response(401, json={"error": {"code": "unauthorized", "message": "send an API key"}})
-        response = self._handle(request, method, path)
+        if route in self.before:
+            await self.before.pop(route)(request)
+        response = await super().handle_async_request(request)
         if action == "commit-drop":
+            await response.aread()
             raise httpx.ReadError("connection reset after the server committed", request=request)
         return response
 
-    def _image(self, request: httpx.Request) -> bytes:
-        boundary = request.headers["content-type"].split("boundary=")[1].encode()
-        for part in request.content.split(b"--" + boundary):
-            head, _, body = part.partition(b"\r\n\r\n")
-            if b'name="image"' in head:
-                return body[: -len(b"\r\n")]
-        raise AssertionError("no image part")
 
-    def _handle(self, request: httpx.Request, method: str, path: str) -> httpx.Response:
-        if path == "/healthz":
-            return httpx.Response(200, json={"status": "ok"})
-        if path == "/v1/identities" and method == "GET":
-            items = [{**i, "face_count": len(self.faces[i["id"]])} for i in self.identities.values()]
-            return httpx.Response(200, json={"items": items, "next_cursor": None})
-        if path == "/v1/identities" and method == "POST":
-            body = json.loads(request.content)
-            if body.get("external_id") and any(
-                i["external_id"] == body["external_id"] for i in self.identities.values()
-            ):
-                return httpx.Response(409, json={"error": {"code": "conflict", "message": "taken"}})
-            identity = {
-                "id": str(uuid.uuid4()),
-                "name": body["name"],
-                "external_id": body.get("external_id"),
-                "metadata": None,
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-            self.identities[identity["id"]] = identity
-            self.faces[identity["id"]] = []
-            return httpx.Response(201, json={**identity, "face_count": 0})
-        if path == "/v1/detect":
-            return httpx.Response(200, json={"faces": [self._detect(self._image(request))]})
-        if path == "/v1/identify":
-            return httpx.Response(200, json={"model": self.model, "faces": []})
-        identity_id = path.split("/")[3]
-        if path.endswith("/faces"):
-            detected = self._detect(self._image(request))
-            face = {
-                "id": str(uuid.uuid4()),
-                "identity_id": identity_id,
-                "bbox": detected["bbox"],
-                "det_score": detected["det_score"],
-                "model": self.model,
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-            self.faces[identity_id].append(face)
-            return httpx.Response(201, json=face)
-        identity = self.identities[identity_id]
-        faces = self.faces[identity_id]
-        return httpx.Response(200, json={**identity, "face_count": len(faces), "faces": faces})
+def _items(*people: tuple[Person, int]) -> list[IngestItem]:
+    """The first `count` LFW photos of each person, as ingest items named after them."""
+    return [IngestItem(photo, person.name) for person, count in people for photo in person.photos[:count]]
 
 
-def _photos(tmp_path: Path, names: list[str]) -> list[IngestItem]:
-    items = []
-    for index, name in enumerate(names):
-        rng = np.random.default_rng(index)
-        pixels = rng.integers(0, 256, size=(120 + index, 100 + index, 3), dtype=np.uint8)
-        path = tmp_path / f"{index}.png"
-        Image.fromarray(pixels).save(path)
-        items.append(IngestItem(path, name))
-    return items
-
-
-def _run(fake: FakeFacebank, items: list[IngestItem], tmp_path: Path, **options: Any) -> Tally:
+def _run(
+    url: str, link: FaultyLink, items: list[IngestItem], model_dir: Path, tmp_path: Path, **options: Any
+) -> Tally:
     options.setdefault("backoff_s", 0.001)
     tally = Tally()
     run_remote(
         items,
-        base_url="http://facebank.test",
-        settings=Settings(data_dir=tmp_path, model_dir=tmp_path / "none"),
-        options=RemoteOptions(gates=Gates(), **options),
+        base_url=url,
+        settings=Settings(data_dir=tmp_path / "client", model_dir=model_dir),
+        options=RemoteOptions(gates=Gates(min_blur=0), **options),
         tally=tally,
         stop=StopFlag(),
-        transport=httpx.MockTransport(fake),
+        transport=link,
     )
     return tally
 
 
-def test_5xx_and_connection_errors_are_retried_with_back_off(tmp_path: Path) -> None:
-    fake = FakeFacebank()
-    fake.script = {
-        "GET /v1/identities": ["503"],
-        "POST /v1/detect": ["drop", "503", "503"],
-        "POST /v1/identities": ["503"],
-    }
-    items = _photos(tmp_path, ["Ada", "Ada", "Alan"])
+@pytest.fixture(scope="module")
+def two_people() -> tuple[Person, Person]:
+    ada, alan = lfw_people(2, min_photos=3, skip=40)
+    return ada, alan
 
-    tally = _run(fake, items, tmp_path, concurrency=1)
+
+@pytest.mark.shared
+def test_busy_answers_and_connection_errors_are_retried_with_back_off(
+    server: tuple[str, Settings], two_people: tuple[Person, Person], tmp_path: Path
+) -> None:
+    url, settings = server
+    link = FaultyLink()
+    link.script = {
+        "GET /v1/identities": ["busy"],
+        "POST /v1/detect": ["drop", "busy", "busy"],
+        "POST /v1/identities": ["busy", "drop"],
+    }
+    ada, alan = two_people
+
+    tally = _run(url, link, _items((ada, 2), (alan, 1)), settings.model_dir, tmp_path, concurrency=1)
 
     assert tally.totals() == {"ingested": 3, "skipped": 0, "rejected": 0, "error": 0}
-    assert sorted(i["name"] for i in fake.identities.values()) == ["Ada", "Alan"]
-    assert sum(len(f) for f in fake.faces.values()) == 3
+    assert not any(link.script.values()), "every scripted failure happened"
+    assert identity_names(settings.resolved_database_url) == {ada.name: 1, alan.name: 1}
+    assert sum(stored_faces(settings.resolved_database_url).values()) == 3
 
 
-def test_an_enroll_whose_answer_is_lost_is_not_repeated(tmp_path: Path) -> None:
-    fake = FakeFacebank()
-    fake.script = {"POST /v1/identities/{id}/faces": ["commit-drop", "ok", "commit-drop"]}
-    items = _photos(tmp_path, ["Ada", "Ada", "Grace"])
+@pytest.mark.shared
+def test_an_enroll_whose_answer_is_lost_is_not_repeated(
+    server: tuple[str, Settings], two_people: tuple[Person, Person], tmp_path: Path
+) -> None:
+    url, settings = server
+    link = FaultyLink()
+    link.script = {"POST /v1/identities/{id}/faces": ["commit-drop", "ok", "commit-drop"]}
+    ada, alan = two_people
 
-    tally = _run(fake, items, tmp_path, concurrency=1)
+    tally = _run(url, link, _items((ada, 2), (alan, 1)), settings.model_dir, tmp_path, concurrency=1)
 
-    assert tally.totals()["ingested"] == 3
-    assert sum(len(f) for f in fake.faces.values()) == 3, "each photo enrolled once"
-    assert fake.calls.count("POST /v1/identities/{id}/faces") == 3, "lost answers were found, not resent"
-
-
-def test_a_second_run_finds_every_photo_by_its_detection_fingerprint(tmp_path: Path) -> None:
-    fake = FakeFacebank()
-    items = _photos(tmp_path, ["Ada", "Ada", "Alan", "Alan", "Grace"])
-    assert _run(fake, items, tmp_path).totals()["ingested"] == 5
-
-    again = _run(fake, items + items[:1], tmp_path)
-
-    assert again.totals() == {"ingested": 0, "skipped": 6, "rejected": 0, "error": 0}
-    assert sum(len(f) for f in fake.faces.values()) == 5
+    assert tally.totals()["ingested"] == 3 and not any(link.script.values())
+    faces = stored_faces(settings.resolved_database_url)
+    assert sum(faces.values()) == 3 and set(faces.values()) == {1}, "each photo enrolled once"
+    assert link.calls.count("POST /v1/identities/{id}/faces") == 3, "lost answers were found, not resent"
 
 
-def test_an_external_id_made_by_someone_else_meanwhile_is_used_not_duplicated(tmp_path: Path) -> None:
-    fake = FakeFacebank()
-    items = [IngestItem(i.path, "Ada", "emp-1") for i in _photos(tmp_path, ["x"])]
-    original = fake._handle
+@pytest.mark.shared
+def test_a_photo_listed_twice_and_a_second_run_are_skipped_by_the_detection_fingerprint(
+    server: tuple[str, Settings], two_people: tuple[Person, Person], tmp_path: Path
+) -> None:
+    url, settings = server
+    ada, alan = two_people
+    items = _items((ada, 3), (alan, 2))
+    assert _run(url, FaultyLink(), items + items[:1], settings.model_dir, tmp_path).totals() == {
+        "ingested": 5,
+        "skipped": 1,
+        "rejected": 0,
+        "error": 0,
+    }
 
-    def someone_else_first(request: httpx.Request, method: str, path: str) -> httpx.Response:
-        if method == "POST" and path == "/v1/identities" and not fake.identities:
-            original(request, method, path)  # another client wins the race
-        return original(request, method, path)
+    again = _run(url, FaultyLink(), items, settings.model_dir, tmp_path)
 
-    fake._handle = someone_else_first  # type: ignore[method-assign]
-
-    assert _run(fake, items, tmp_path).totals()["ingested"] == 1
-    assert len(fake.identities) == 1
+    assert again.totals() == {"ingested": 0, "skipped": 5, "rejected": 0, "error": 0}
+    assert sum(stored_faces(settings.resolved_database_url).values()) == 5
 
 
-def test_the_run_stops_with_an_error_when_the_server_stays_down(tmp_path: Path) -> None:
-    fake = FakeFacebank()
-    fake.script = {"POST /v1/detect": ["503"] * 100}
+@pytest.mark.shared
+def test_an_external_id_made_by_someone_else_meanwhile_is_used_not_duplicated(
+    server: tuple[str, Settings], two_people: tuple[Person, Person], tmp_path: Path
+) -> None:
+    url, settings = server
+    ada, _alan = two_people
+    link = FaultyLink()
+
+    async def someone_else_first(request: httpx.Request) -> None:
+        async with httpx.AsyncClient() as other:
+            made = await other.post(f"{url}/v1/identities", json={"name": "Ada (HR)", "external_id": "emp-1"})
+            assert made.status_code == 201
+
+    link.before["POST /v1/identities"] = someone_else_first
+    items = [IngestItem(p, ada.name, "emp-1") for p in ada.photos[:1]]
+
+    assert _run(url, link, items, settings.model_dir, tmp_path).totals()["ingested"] == 1
+    assert identity_names(settings.resolved_database_url) == {"Ada (HR)": 1}, "theirs was used"
+
+
+@pytest.mark.shared
+def test_the_run_stops_with_an_error_when_the_server_stays_unavailable(
+    server: tuple[str, Settings], two_people: tuple[Person, Person], tmp_path: Path
+) -> None:
+    url, settings = server
+    link = FaultyLink()
+    link.script = {"POST /v1/detect": ["busy"] * 100}
+    ada, alan = two_people
+    items = _items((ada, 3), (alan, 3)) * 2
     tally = Tally()
 
     with pytest.raises(RemoteError, match="server unavailable"):
         run_remote(
-            _photos(tmp_path, ["Ada"] * 8),
-            base_url="http://facebank.test",
-            settings=Settings(data_dir=tmp_path, model_dir=tmp_path / "none"),
+            items,
+            base_url=url,
+            settings=Settings(data_dir=tmp_path / "client", model_dir=settings.model_dir),
             options=RemoteOptions(gates=Gates(), backoff_s=0.001, attempts=3, concurrency=2),
             tally=tally,
             stop=StopFlag(),
-            transport=httpx.MockTransport(fake),
+            transport=link,
         )
-    assert tally.by_status[Status.ERROR] >= 1 and tally.processed < 8, "it stopped instead of trying all"
+    assert tally.by_status[Status.ERROR] >= 1 and tally.processed < len(items), (
+        "it stopped instead of trying all"
+    )
 
 
-def test_the_api_key_is_sent_and_a_refusal_stops_the_run_with_a_hint(tmp_path: Path) -> None:
-    fake = FakeFacebank()
-    fake.api_key = "fbk_secret"
-    items = _photos(tmp_path, ["Ada", "Alan"])
-
-    with pytest.raises(RemoteError, match=r"refused.*401.*FACEBANK_API_KEY"):
-        _run(fake, items, tmp_path)
-    assert _run(fake, items, tmp_path, api_key="fbk_secret").totals()["ingested"] == 2
+@pytest.mark.shared
+def test_the_api_key_is_sent_and_a_refusal_stops_the_run_with_a_hint(
+    model_dir: Path, two_people: tuple[Person, Person], tmp_path: Path
+) -> None:
+    folder = tmp_path / "keyed"
+    folder.mkdir()
+    key = issue_test_key(sqlite_url(folder), Scope.ENROLL, Scope.IDENTIFY)
+    ada, alan = two_people
+    items = _items((ada, 1), (alan, 1))
+    with sqlite_server(folder, model_dir) as keyed:
+        with pytest.raises(RemoteError, match=r"refused.*401.*missing_api_key.*FACEBANK_API_KEY"):
+            _run(keyed.url, FaultyLink(), items, model_dir, tmp_path)
+        assert (
+            _run(keyed.url, FaultyLink(), items, model_dir, tmp_path, api_key=key).totals()["ingested"] == 2
+        )

@@ -16,7 +16,7 @@ from service.api.auth import Enroll
 from service.api.convert import face_out, identity_out
 from service.api.deps import DB, State, Times, image_slot, read_image
 from service.api.errors import APIError, not_found
-from service.pipeline.face_policy import FacePolicy, choose_face
+from service.pipeline.face_policy import FacePolicy, choose_face, parse_box
 from service.security import Actions, record
 from service.storage import repository as repo
 
@@ -49,9 +49,12 @@ def list_identities(
     _: Enroll,
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = Query(default=None, max_length=512),
+    name: str | None = Query(
+        default=None, max_length=256, pattern=r"^[^\x00]*$", description="only names containing this"
+    ),
 ) -> schemas.IdentityPage:
     try:
-        items, next_cursor = repo.list_identities(db, limit=limit, cursor=cursor)
+        items, next_cursor = repo.list_identities(db, limit=limit, cursor=cursor, name_contains=name)
     except repo.InvalidCursor as exc:
         raise APIError(422, "invalid_cursor", "cursor is not one this server issued") from exc
     counts = repo.face_counts(db, identity_ids=[i.id for i in items])
@@ -120,7 +123,11 @@ def enroll_face(
     caller: Enroll,
     image: Annotated[UploadFile | None, File()] = None,
     face_policy: Annotated[FacePolicy, Query()] = "largest",
+    box: str | None = Query(default=None, max_length=200, description="face_policy=box: x1,y1,x2,y2"),
 ) -> schemas.Face:
+    if box is not None and face_policy != "box":  # a box ignored would enrol some other face
+        raise APIError(422, "bad_request", "box is used only with face_policy=box")
+    wanted = parse_box(box) if face_policy == "box" else None  # refused before any work on the photo
     if repo.get_identity(db, identity_id=identity_id) is None:
         raise not_found("identity")
     # The read transaction must not stay open while the networks run (SQLite readers block checkpoints).
@@ -128,7 +135,10 @@ def enroll_face(
     with image_slot(state):
         picture, data = read_image(image, state, times)
         chosen = choose_face(
-            state.pipeline.detect(picture, times), face_policy, limit=state.settings.max_faces
+            state.pipeline.detect(picture, times),
+            face_policy,
+            limit=state.settings.max_faces,
+            box=wanted,
         )
         (embedded,) = state.pipeline.embed_faces(picture, [chosen], times)
     try:

@@ -70,7 +70,7 @@ def identify(
                 else None,
             )
         )
-    return schemas.IdentifyResponse(model=state.embedder_tag, faces=results)
+    return schemas.IdentifyResponse(model=state.embedder_tag, threshold=cutoff, faces=results)
 
 
 def _batched(
