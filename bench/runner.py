@@ -17,7 +17,7 @@ from service.config import Settings
 
 
 def _sections() -> dict[str, Callable[[Context], None]]:
-    from bench import end_to_end, inference, rest, search
+    from bench import end_to_end, inference, replicas, rest, search
 
     return {
         "embedder": inference.run_embedder,
@@ -25,6 +25,7 @@ def _sections() -> dict[str, Callable[[Context], None]]:
         "search": search.run,
         "rest": rest.run,
         "e2e": end_to_end.run,
+        "replicas": replicas.run,
     }
 
 

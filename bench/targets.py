@@ -61,6 +61,11 @@ def evaluate(report: Report, *, device: str, quick: bool) -> list[Target]:
             report, "CPU: REST identify p50, 1 client, gallery 100k", "rest.100k.clients1.p50_ms", 60, "ms"
         ),
         _times_baseline(report, "CPU: photos/s vs face_recognition", "e2e.photos_per_s", 3),
+        _at_most(report, "replica lag p50, PostgreSQL", "replicas.postgresql.add_p50_ms", 100, "ms"),
+        _at_most(report, "replica lag p99, PostgreSQL", "replicas.postgresql.add_p99_ms", 1000, "ms"),
+        _times_baseline(
+            report, "identify throughput while following", "replicas.follow_cost.identify_rps", 0.95
+        ),
     ]
     if quick:
         for target in targets:

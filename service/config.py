@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def split_list(value: str) -> list[str]:
+    """A comma-separated setting as its items (a plain string keeps `FACEBANK_X=a,b` readable)."""
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _user_cache_dir() -> Path:
@@ -46,6 +52,22 @@ class Settings(BaseSettings):
         default=0.0, ge=0.0, le=50.0, description="How long the first request waits for company; 0 disables."
     )
 
+    follow_poll_ms: float = Field(
+        default=200.0,
+        gt=0.0,
+        le=60_000.0,
+        description="How often each process reads the change log for other processes' writes (PostgreSQL "
+        "also wakes it at once by NOTIFY).",
+    )
+    max_follow_lag_s: float = Field(
+        default=30.0, gt=0.0, description="/readyz turns unready when the index is this far behind SQL."
+    )
+    changes_retention_s: float = Field(
+        default=86_400.0,
+        gt=0.0,
+        description="Change log entries older than this are pruned; a process further behind rebuilds.",
+    )
+
     detect_max_side: int = Field(default=640, ge=64, le=4096)
     detect_find_down_to: int = Field(
         default=32,
@@ -73,11 +95,49 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         default=None, description="Key that client commands (ingest --url, doctor --server) send to a server."
     )
+    # Access from outside (docs/security.md). Lists are comma-separated in the environment.
+    trusted_proxies: str = Field(
+        default="",
+        description="Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For is believed; "
+        "empty: none.",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Host header values served besides loopback names and the bind address "
+        "(`*.example.com` matches subdomains, `*` anything).",
+    )
+    image_queue: int = Field(
+        default=8, ge=0, description="Requests that may wait for an image slot; more get 503 busy at once."
+    )
+    rate_limit_per_key: int = Field(
+        default=0, ge=0, description="Requests per minute one API key may make; 0: unlimited."
+    )
+    failed_auth_limit: int = Field(
+        default=30, ge=0, description="Wrong API keys per minute one client address may send; 0: off."
+    )
 
     @field_validator("data_dir", "model_dir", mode="after")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _valid_networks(cls, value: str) -> str:
+        for item in split_list(value):
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or network") from exc
+        return value
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return split_list(self.trusted_proxies)
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        return [host.lower() for host in split_list(self.allowed_hosts)]
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,12 +2,13 @@
 /v1/identities/{id}/faces`, embedded `facebank ingest`, and anything later that stores faces.
 
 In this order, in one place: the active-model check (a share lock that holds off `facebank models use`
-until the commit), the rows, their audit events, the commit, then the index (in commit order, under
-`Gallery.writing`). SQL first: a crash after the commit leaves SQL right, and the next start rebuilds.
+until the commit), the rows, their audit events and change-log entries, the commit, then this process's
+index, through the change log like every other process's (service/follower.py). SQL first: a crash after
+the commit leaves SQL right, and the index catches up from the log or the next start's rebuild.
 
 Usage::
 
-    with enrolment.begin(session, model=tag, actor=caller, gallery=gallery) as unit:
+    with enrolment.begin(session, model=tag, actor=caller, follower=follower) as unit:
         identity = unit.create_identity(name="Ada Lovelace")
         unit.add_face(identity.id, detected, embedding, image_sha256=digest)
     # committed, audited and searchable here; an exception inside stores nothing
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
-from service.gallery import Gallery
+from service.follower import ChangeFollower
 from service.schemas import DetectedFace
 from service.security import Actions, Principal, record
 from service.storage import repository as repo
@@ -60,7 +61,6 @@ class Enrolment:
 
     def __init__(self, session: Session, *, model: str, actor: Principal) -> None:
         self._session, self._model, self._actor = session, model, actor
-        self.faces: list[tuple[Face, np.ndarray]] = []
 
     def create_identity(
         self, *, name: str, external_id: str | None = None, metadata: dict[str, Any] | None = None
@@ -85,26 +85,21 @@ class Enrolment:
         )
         detail = {"identity_id": str(identity_id), "model": self._model}
         record(self._session, self._actor, Actions.FACE_ENROLL, "face", row.id, detail)
-        self.faces.append((row, embedding))
         return row
 
 
 @contextmanager
 def begin(
-    session: Session, *, model: str, actor: Principal, gallery: Gallery | None = None
+    session: Session, *, model: str, actor: Principal, follower: ChangeFollower | None = None
 ) -> Iterator[Enrolment]:
     """Check that `model` is still the active embedder (:class:`EmbedderSwitched` if not), hand out the unit,
-    then commit and put its faces in `gallery` (a process without an index passes None). Nothing is
-    committed when the block raises; the caller rolls the session back."""
+    then commit and let `follower` bring this process's index up to the commit (a process without an index
+    passes None). Nothing is committed when the block raises; the caller rolls the session back."""
     active = service_settings.switched_away_from(session, model, lock=True)
     if active is not None:
         raise EmbedderSwitched(active=active, model=model)
     unit = Enrolment(session, model=model, actor=actor)
     yield unit
-    if gallery is None:
-        session.commit()
-        return
-    with gallery.writing():
-        session.commit()
-        for row, embedding in unit.faces:
-            gallery.added(row.key, row.identity_id, embedding)
+    session.commit()
+    if follower is not None:
+        follower.catch_up()

@@ -85,6 +85,10 @@ class Gallery:
         log.info("index rebuilt from SQL: %d faces of model %s", len(owners), self.model_tag)
         return len(owners)
 
+    def holds(self, key: int) -> bool:
+        with self._lock:
+            return key in self._owner
+
     def added(self, key: int, identity_id: uuid.UUID, embedding: np.ndarray) -> None:
         """Record a face already committed to SQL."""
         try:

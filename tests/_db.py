@@ -8,7 +8,7 @@ maintenance database. Usage from any test suite:
     @pytest.fixture(scope="session")
     def postgres_url() -> Iterator[str]:
         yield from postgres_or_skip()  # a fresh database with a random name, dropped again on exit;
-                                       # the test skips, saying why, when PostgreSQL is not reachable
+                                       # skips, saying why, when PostgreSQL is not reachable (fails in CI)
 
 `make_postgres_url()` / `drop_postgres_database(url)` are the same thing as two plain calls.
 """
@@ -22,6 +22,7 @@ from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 
 ADMIN_URL = os.environ.get(
@@ -78,12 +79,26 @@ def postgres_database(*, admin_url: str = ADMIN_URL, prefix: str = "facebank_tes
         drop_postgres_database(url, admin_url=admin_url)
 
 
+def lock_waits(engine: Engine) -> list[str]:
+    """What the other sessions on `engine`'s database are blocked on right now (pg_stat_activity's
+    wait_event for heavyweight locks: 'advisory', 'transactionid', 'tuple', ...): the server's own word that a
+    lock holds someone back, instead of guessing from how long they took."""
+    query = text(
+        "SELECT wait_event FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    # A new transaction each call: the view is snapshotted per transaction.
+    with engine.connect() as connection:
+        return list(connection.execute(query).scalars())
+
+
 def postgres_or_skip() -> Iterator[str]:
-    """For a fixture to `yield from`: a fresh database's URL, dropped afterwards; skips without a server."""
-    import pytest
+    """For a fixture to `yield from`: a fresh database's URL, dropped afterwards; skips without a server
+    (fails in CI, see tests/_ci.py)."""
+    from tests._ci import skip_or_fail_in_ci
 
     try:
         with postgres_database() as url:
             yield url
     except PostgresUnavailable as exc:
-        pytest.skip(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")
+        skip_or_fail_in_ci(f"{exc} (start PostgreSQL or set FACEBANK_TEST_POSTGRES_URL)")

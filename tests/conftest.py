@@ -1,4 +1,4 @@
-"""Shared fixtures: where ../shared is, and skips that say why."""
+"""Shared fixtures: where ../shared is, and skips that say why (failures in CI: tests/_ci.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._ci import skip_or_fail_in_ci
 from tests._db import postgres_or_skip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +19,7 @@ LFW = SHARED / "data" / "lfw"
 
 def require_shared() -> Path:
     if not (SHARED_MODELS / "retinaface-mobilenet0.25.pth").is_file() or not LFW.is_dir():
-        pytest.skip(f"needs ../shared with models and LFW (looked in {SHARED}); CI always has it")
+        skip_or_fail_in_ci(f"needs ../shared with models and LFW (looked in {SHARED})")
     return SHARED
 
 

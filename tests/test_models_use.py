@@ -22,6 +22,7 @@ from service.config import Settings
 from service.storage import make_engine, make_session_factory, upgrade_to_head
 from service.storage import service_settings as choices
 from service.storage.tables import AuditEvent, Face
+from tests._client import local_client
 from tests._embedders import FLIPPED, FLIPPED_TAG, add_flipped_embedder, copy_model_dir
 from tests.ingest.conftest import copy_lfw_gallery
 
@@ -100,7 +101,7 @@ def test_switching_models_keeps_them_apart_until_re_ingested_then_prunes_the_old
     # 1. Enroll with A: a fresh database records the default embedder on the first ingest.
     assert facebank(["ingest", str(gallery)]) == 0
     assert _faces_by_model(database_url) == {A_TAG: n}
-    with TestClient(create_app(Settings())) as client:
+    with local_client(create_app(Settings())) as client:
         assert client.app.state.facebank.embedder_tag == A_TAG  # type: ignore[attr-defined]
         assert _identify(client, probe) == person
     capsys.readouterr()
@@ -114,7 +115,7 @@ def test_switching_models_keeps_them_apart_until_re_ingested_then_prunes_the_old
     assert "facebank ingest FOLDER" in out and f"facebank models prune --model {A_TAG}" in out
 
     # 3. A server started now runs B; A's faces stay out of its index and are counted, not searched.
-    with TestClient(create_app(Settings())) as client:
+    with local_client(create_app(Settings())) as client:
         state = client.app.state.facebank  # type: ignore[attr-defined]
         assert state.embedder_tag == FLIPPED_TAG and len(state.gallery.index) == 0
         assert _identify(client, probe) is None
@@ -134,7 +135,7 @@ def test_switching_models_keeps_them_apart_until_re_ingested_then_prunes_the_old
     assert facebank(["ingest", str(gallery)]) == 0
     assert f"ingested {n}; skipped 0" in capsys.readouterr().err
     assert _faces_by_model(database_url) == {A_TAG: n, FLIPPED_TAG: n}
-    with TestClient(create_app(Settings())) as client:
+    with local_client(create_app(Settings())) as client:
         assert len(client.app.state.facebank.gallery.index) == n  # type: ignore[attr-defined]
         assert _identify(client, probe) == person  # B's vectors really are B's: found by a B query
 
@@ -183,12 +184,12 @@ def test_an_explicit_conflicting_embedder_refuses_to_start_naming_both_and_the_f
     engine.dispose()
 
     # Unset: the database's choice wins.
-    with TestClient(create_app(Settings())) as client:
+    with local_client(create_app(Settings())) as client:
         assert client.app.state.facebank.embedder_tag == FLIPPED_TAG  # type: ignore[attr-defined]
 
     # Set explicitly to something else: the app, `serve`, `ingest` and the doctor all refuse, saying why.
     monkeypatch.setenv("FACEBANK_EMBEDDER", "mobilefacenet")
-    with pytest.raises(EmbedderConflict) as refused, TestClient(create_app(Settings())):
+    with pytest.raises(EmbedderConflict) as refused, local_client(create_app(Settings())):
         pass
     message = str(refused.value)
     assert f"FACEBANK_EMBEDDER=mobilefacenet ({A_TAG})" in message and FLIPPED_TAG in message
@@ -202,7 +203,7 @@ def test_an_explicit_conflicting_embedder_refuses_to_start_naming_both_and_the_f
 
     # Set explicitly to the database's choice: fine.
     monkeypatch.setenv("FACEBANK_EMBEDDER", FLIPPED)
-    with TestClient(create_app(Settings())) as client:
+    with local_client(create_app(Settings())) as client:
         assert client.app.state.facebank.embedder_tag == FLIPPED_TAG  # type: ignore[attr-defined]
 
 
@@ -245,7 +246,7 @@ def test_models_use_refuses_what_is_not_a_usable_prepared_embedder(
 def test_a_running_server_reports_it_needs_a_restart_but_stays_ready_after_a_switch(
     environment: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with TestClient(create_app(Settings())) as client:
+    with local_client(create_app(Settings())) as client:
         assert client.get("/readyz").json()["checks"]["restart_needed"] is False
         assert facebank(["models", "use", FLIPPED]) == 0
         assert "restart them" in capsys.readouterr().out
@@ -261,7 +262,7 @@ def test_a_server_left_on_the_old_model_refuses_to_enroll_after_a_switch(
     environment: str, gallery: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     photo = sorted(next(iter(sorted(gallery.iterdir()))).glob("*.jpg"))[0]
-    with TestClient(create_app(Settings())) as client:
+    with local_client(create_app(Settings())) as client:
         identity = client.post("/v1/identities", json={"name": "Before Switch"}).json()["id"]
         enroll = {"image": (photo.name, photo.read_bytes(), "image/jpeg")}
         assert client.post(f"/v1/identities/{identity}/faces", files=enroll).status_code == 201

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,19 +13,24 @@ from fastapi.responses import FileResponse
 
 from service import __version__
 from service.active_model import resolve_embedder
+from service.api.access import HostPolicy, TrustedHostMiddleware
+from service.api.admission import Admission
 from service.api.auth import AuthMiddleware
 from service.api.errors import install_error_handlers
-from service.api.limits import BodyLimitMiddleware
+from service.api.limits import BodyLimitMiddleware, keep_uploads_in_memory
+from service.api.memory import unmap_large_blocks
 from service.api.metrics import install_metrics
 from service.api.routes import admin, health, identities, recognition
 from service.api.state import AppState
 from service.config import Settings
+from service.follower import ChangeFollower
 from service.gallery import Gallery
 from service.index import make_index
 from service.pipeline.factory import build_pipeline
 from service.runtime import LoadedModels
 from service.security import NO_KEYS_HINT, is_loopback
 from service.storage import keys as key_repo
+from service.storage.changes import listener_for
 from service.storage.engine import make_engine, make_session_factory
 from service.storage.migrate import upgrade_to_head
 
@@ -46,6 +50,12 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
     loopback = is_loopback(settings.host)
+    if settings.host in ("0.0.0.0", "::") and not settings.allowed_host_list:
+        log.warning(
+            "listening on %s but FACEBANK_ALLOWED_HOSTS is empty: only requests naming a loopback Host are "
+            "answered (400 invalid_host for the rest)",
+            settings.host,
+        )
     if not loopback:
         with sessions() as session:
             if not key_repo.has_active_keys(session):
@@ -64,7 +74,14 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
             fp16=settings.index_fp16,
         )
         gallery = Gallery(index, sessions, models.embedder_tag)
-        gallery.rebuild()
+        follower = ChangeFollower(
+            gallery,
+            sessions,
+            poll_s=settings.follow_poll_ms / 1000,
+            retention_s=settings.changes_retention_s,
+            listen=listener_for(engine),
+        )
+        follower.rebuild()
     except Exception:  # a wrong model, a missing GPU, a failed rebuild: nothing may stay open
         engine.dispose()
         raise
@@ -73,17 +90,19 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
     audit = gallery.audit(since_rebuild=True)
     if not audit.in_step:
         log.warning("index differs from SQL after the start-up rebuild: %s", audit)
+    follower.start()
     return AppState(
         settings=settings,
         engine=engine,
         sessions=sessions,
         pipeline=pipeline,
         gallery=gallery,
+        follower=follower,
         detector_tag=models.detector_tag,
         embedder_tag=models.embedder_tag,
         threshold=models.embedder_config.threshold,
         open_without_keys=loopback,
-        image_slots=threading.BoundedSemaphore(max(2, os.cpu_count() or 2)),
+        image_slots=Admission(max(2, os.cpu_count() or 2), queue=settings.image_queue),
     )
 
 
@@ -107,9 +126,13 @@ def create_app(settings: Settings | None = None, *, models: LoadedModels | None 
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    # Order: the last added runs first, so metrics see everything, then the body limit, then authentication.
+    keep_uploads_in_memory(settings.max_upload_bytes)
+    unmap_large_blocks()
+    # Order: the last added runs first, so metrics see everything, then the Host check, the body limit and
+    # authentication.
     app.add_middleware(AuthMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(TrustedHostMiddleware, policy=HostPolicy(settings.host, settings.allowed_host_list))
     install_metrics(app)
     app.include_router(health.router)
     app.include_router(identities.router)

@@ -5,7 +5,12 @@ carries a body without valid credentials (401) so an anonymous client cannot mak
 Routes then ask for a scope through `Identify`, `Enroll` or `Admin`, which answer 401 or 403.
 
 A server with no API keys in its database serves without authentication only when it was configured to listen
-on a loopback address and the caller connects from one; `facebank serve` refuses any other address then.
+on a loopback address and the request passes `access.anonymous_allowed` (loopback peer and Host, nothing
+forwarded); `facebank serve` refuses any other address then.
+
+Two limits run here, before any key is looked up: a client address that sent too many wrong keys gets 429
+until its budget refills, and a key over its request rate gets 429 (both with `Retry-After`). Key checks run
+on threads of their own, so image work cannot hold up the check of the next caller's key.
 """
 
 from __future__ import annotations
@@ -19,16 +24,19 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import JSONResponse
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.access import anonymous_allowed
 from service.api.errors import APIError, error_body
 from service.api.state import AppState
-from service.security import Principal, anonymous_loopback, authenticate, is_loopback
+from service.security import Principal, anonymous_loopback, authenticate
 from service.security import Scope as KeyScope
-from service.security.principal import is_ip_address
 from service.storage import keys as key_repo
 
 _STATE_KEY = "facebank_auth"
+# Threads for key checks, apart from the pool that routes (and their image work) run on.
+AUTH_THREADS = 4
 _HOW = "send an API key as `Authorization: Bearer KEY` or `X-API-Key: KEY`"
 
 bearer_scheme = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer fbk_...`")
@@ -77,16 +85,20 @@ def resolve(state: AppState, headers: dict[str, str], client_host: str | None) -
                 if principal is None:
                     return AuthFailure(401, "invalid_api_key", "the API key is unknown, malformed or revoked")
                 return principal
-            anonymous_allowed = (
+            anonymous = (
                 state.open_without_keys
-                and (client_host is None or not is_ip_address(client_host) or is_loopback(client_host))
+                and anonymous_allowed(client_host, headers)
                 and not key_repo.has_active_keys(session)
             )
     except SQLAlchemyError:
         return AuthFailure(503, "unavailable", "the database cannot be reached to check the API key")
-    if anonymous_allowed:
+    if anonymous:
         return anonymous_loopback()
     return AuthFailure(401, "missing_api_key", f"this endpoint needs an API key; {_HOW}")
+
+
+def _sends_key(headers: dict[str, str]) -> bool:
+    return bool(headers.get("authorization", "").strip() or headers.get("x-api-key", "").strip())
 
 
 def _has_body(headers: dict[str, str]) -> bool:
@@ -99,6 +111,7 @@ class AuthMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._threads: anyio.CapacityLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
@@ -107,18 +120,57 @@ class AuthMiddleware:
         state: AppState = scope["app"].state.facebank
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         client = scope.get("client")
-        result = await anyio.to_thread.run_sync(resolve, state, headers, client[0] if client else None)
+        client_host = client[0] if client else None
+        # Why by address: a wrong key names nobody; behind a proxy, FACEBANK_TRUSTED_PROXIES makes this the
+        # real client rather than the proxy.
+        caller = client_host or "unknown"
+        if _sends_key(headers) and (wait := state.failed_keys.blocked(caller)) is not None:
+            failure = AuthFailure(429, "too_many_failed_attempts", "too many wrong API keys from here")
+            await _refuse(scope, receive, send, failure, headers, retry_after=wait)
+            return
+        if self._threads is None:  # made here: an anyio limiter needs the running event loop
+            self._threads = anyio.CapacityLimiter(AUTH_THREADS)
+        result = await anyio.to_thread.run_sync(resolve, state, headers, client_host, limiter=self._threads)
+        if isinstance(result, AuthFailure) and result.code == "invalid_api_key":
+            state.failed_keys.take(caller)
+        if (
+            isinstance(result, Principal)
+            and result.key_id is not None
+            and (wait := state.key_requests.take(str(result.key_id))) is not None
+        ):
+            failure = AuthFailure(429, "rate_limited", "this API key is over its request rate")
+            await _refuse(scope, receive, send, failure, headers, retry_after=wait)
+            return
         scope.setdefault("state", {})[_STATE_KEY] = result
-        if isinstance(result, AuthFailure) and _has_body(headers):
-            error = result.error()
-            response = JSONResponse(
-                error_body(error.code, error.message),
-                status_code=error.status,
-                headers={**(error.headers or {}), "connection": "close"},
-            )
-            await response(scope, receive, send)
+        # Answered here rather than by the route's dependency, which would first wait for a worker thread;
+        # a path or method that no route serves is left to the app, so that it answers 404 or 405.
+        if isinstance(result, AuthFailure) and (_has_body(headers) or _is_served(scope)):
+            await _refuse(scope, receive, send, result, headers)
             return
         await self.app(scope, receive, send)
+
+
+def _is_served(scope: Scope) -> bool:
+    return any(route.matches(scope)[0] is Match.FULL for route in scope["app"].router.routes)
+
+
+async def _refuse(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    failure: AuthFailure,
+    headers: dict[str, str],
+    *,
+    retry_after: int | None = None,
+) -> None:
+    error = failure.error()
+    extra = dict(error.headers or {})
+    if retry_after is not None:
+        extra["Retry-After"] = str(retry_after)
+    if _has_body(headers):  # the unread body would otherwise be taken for the next request
+        extra["connection"] = "close"
+    response = JSONResponse(error_body(error.code, error.message), status_code=error.status, headers=extra)
+    await response(scope, receive, send)
 
 
 def _caller(

@@ -9,14 +9,13 @@ picture that crashes a stage fails only its own request (500 batch_failed).
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from service.api.admission import Admission
 from service.api.errors import APIError
 from service.gallery import Gallery
 from service.pipeline import FacePipeline, StageTimes
@@ -43,7 +42,14 @@ class RecognitionBatcher:
     """Gathers recognition requests (up to `max_size`, or `max_wait_s` after the first) into one batch."""
 
     def __init__(
-        self, pipeline: FacePipeline, gallery: Gallery, *, max_faces: int, max_size: int, max_wait_s: float
+        self,
+        pipeline: FacePipeline,
+        gallery: Gallery,
+        *,
+        max_faces: int,
+        max_size: int,
+        max_wait_s: float,
+        queue: int = 0,
     ) -> None:
         self._pipeline = pipeline
         self._gallery = gallery
@@ -52,17 +58,11 @@ class RecognitionBatcher:
             self._run, max_size=max_size, max_wait_s=max_wait_s
         )
         # Bounds the decoded photos held for batching: one batch running and one gathering.
-        self._admission = threading.BoundedSemaphore(2 * max_size)
+        self._admission = Admission(2 * max_size, queue=queue)
 
-    @contextmanager
-    def admitted(self, wait_s: float) -> Iterator[None]:
-        """Hold a place among the requests being batched (503 busy after `wait_s`)."""
-        if not self._admission.acquire(timeout=wait_s):
-            raise APIError(503, "busy", "too many images are being processed; try again shortly")
-        try:
-            yield
-        finally:
-            self._admission.release()
+    def admitted(self) -> AbstractContextManager[None]:
+        """Hold a place among the requests being batched (503 busy when none is near)."""
+        return self._admission.held()
 
     def submit(self, request: RecognitionRequest, times: StageTimes) -> RecognitionResult:
         try:

@@ -16,11 +16,9 @@ from service.pipeline import ImageDecodeError, StageTimes, decode_image
 from service.pipeline.face_policy import check_face_limit
 from service.schemas import DetectedFace
 
-# How long a request waits for a free image slot before it is told to come back later (503).
-IMAGE_SLOT_WAIT_S = 120.0
 
-
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    # async: a sync dependency would take a worker thread, and /readyz must not wait for one.
     return request.app.state.facebank
 
 
@@ -59,13 +57,9 @@ MinFaceSize = Annotated[
 
 @contextmanager
 def image_slot(state: AppState) -> Iterator[None]:
-    """Hold one of the slots that bound concurrent decoding and inference."""
-    if not state.image_slots.acquire(timeout=IMAGE_SLOT_WAIT_S):
-        raise APIError(503, "busy", "too many images are being processed; try again shortly")
-    try:
+    """Hold one of the slots that bound concurrent decoding and inference (503 busy when none is near)."""
+    with state.image_slots.held():
         yield
-    finally:
-        state.image_slots.release()
 
 
 def read_image(

@@ -4,6 +4,7 @@ at once (413), and a body streamed without one is cut off as soon as it passes t
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +29,17 @@ def body_limit(headers: dict[str, str], max_upload_bytes: int) -> int:
     if content_type.startswith("multipart/"):
         return 2 * max_upload_bytes + MULTIPART_OVERHEAD
     return JSON_BODY_LIMIT
+
+
+def keep_uploads_in_memory(max_upload_bytes: int) -> None:
+    """Make Starlette keep every uploaded file part in memory, never in a temporary file.
+
+    Why: it spools parts over 1 MiB to disk, where a photo (biometric data) would outlive the request in
+    freed blocks beyond the reach of erasure. The body limit above already bounds what a request may hold.
+    The setting is a class attribute, so it is process-wide; it only ever grows here.
+    """
+    needed = 2 * max_upload_bytes + MULTIPART_OVERHEAD
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, needed)
 
 
 class BodyLimitMiddleware:

@@ -16,6 +16,29 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
+class FollowerCollector(Collector):
+    """Where this process stands in the change log, read when scraped."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = getattr(self._app.state, "facebank", None)
+        if state is None:
+            return
+        status = state.follower.status()
+        yield GaugeMetricFamily(
+            "facebank_changes_position",
+            "the last change log position applied to this process's index",
+            value=status.position,
+        )
+        yield GaugeMetricFamily(
+            "facebank_changes_lag_seconds",
+            "seconds since this process's index was last in step with SQL",
+            value=status.lag_s,
+        )
+
+
 class BatchCollector(Collector):
     """Batch sizes, failed batches and the queue, read from the app's micro-batcher when scraped.
 
@@ -83,6 +106,7 @@ class Metrics:
 def install_metrics(app: FastAPI) -> Metrics:
     metrics = Metrics()
     metrics.registry.register(BatchCollector(app))
+    metrics.registry.register(FollowerCollector(app))
 
     @app.middleware("http")
     async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

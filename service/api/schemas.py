@@ -139,7 +139,8 @@ class IdentifyResponse(BaseModel):
 
 
 class VerifyResponse(BaseModel):
-    score: float
+    # None when the caller may not read identities and the photo is not a match (service/api/disclosure.py).
+    score: float | None
     match: bool
     threshold: float
 
@@ -158,8 +159,10 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse} for status in sorted(statuses)}
 
 
-# Every /v1 route may answer these: no or a bad key, a missing scope, the database unreachable for the key.
-AUTH_ERRORS = (401, 403, 503)
+# Every /v1 route may answer these: a Host the server does not answer (400), no or a bad key, a missing
+# scope, too many wrong keys from the caller's address or a key over its rate (429), the database
+# unreachable for the key.
+AUTH_ERRORS = (400, 401, 403, 429, 503)
 # Routes that read a body add: malformed body (400), too large (413), invalid (422).
 BODY_ERRORS = (400, 413, 422)
 

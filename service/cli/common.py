@@ -18,13 +18,14 @@ EXIT_USAGE = 2
 
 
 @contextmanager
-def database(settings: Settings) -> Iterator[Session]:
-    """A session on the configured database, migrated to the newest schema first."""
+def database(settings: Settings, *, migrate: bool = True) -> Iterator[Session]:
+    """A session on the configured database, migrated to the newest schema first unless `migrate` is off."""
     from service.storage import make_engine, make_session_factory, upgrade_to_head
 
     engine = make_engine(settings.resolved_database_url, pool_size=1, max_overflow=0)
     try:
-        upgrade_to_head(engine)
+        if migrate:
+            upgrade_to_head(engine)
         with make_session_factory(engine)() as session:
             yield session
     finally:

@@ -53,8 +53,13 @@ def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
 
 def _keys_list(args: argparse.Namespace, settings: Settings) -> int:
     from service.storage import keys as key_repo
+    from service.storage.migrate import schema_problem
 
-    with database(settings) as session:
+    # Listing is read-only: it must not create or migrate a database (say, another version's).
+    if (problem := schema_problem(settings.resolved_database_url)) is not None:
+        print(f"no API keys: the database is {problem}", file=sys.stderr)
+        return 0 if problem.startswith("none yet") else 1
+    with database(settings, migrate=False) as session:
         keys = key_repo.list_keys(session, include_revoked=args.all)
     if not keys:
         print("no API keys", file=sys.stderr)

@@ -63,30 +63,26 @@ def _models_list(args: argparse.Namespace, settings: Settings) -> int:
 def _database_view(settings: Settings) -> tuple[str | None, dict[str, int] | None, str]:
     """(the active embedder's tag recorded in the database, face counts per model tag, a line for people),
     without migrating or writing anything; (None, None, why) when the database cannot be read."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.storage import (
-        current_revision,
-        head_revision,
-        make_engine,
-        make_session_factory,
-        service_settings,
-    )
+    from service.storage import make_engine, make_session_factory, service_settings
     from service.storage import repository as repo
+    from service.storage.migrate import schema_problem
 
-    url = make_url(settings.resolved_database_url)
-    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).expanduser().exists():
-        return None, None, f"none yet at {url.database}"
+    unreachable = "not reachable ({}); face counts and the active model unknown"
+    try:
+        problem = schema_problem(settings.resolved_database_url)
+    except SQLAlchemyError as exc:
+        return None, None, unreachable.format(type(exc).__name__)
+    if problem is not None:
+        return None, None, problem
     engine = make_engine(settings.resolved_database_url, pool_size=1, max_overflow=0)
     try:
-        if current_revision(engine) != head_revision():
-            return None, None, "not migrated to the newest schema yet (start the server or run doctor --fix)"
         with make_session_factory(engine)() as session:
             active = service_settings.active_embedder(session)
             counts = repo.models_in_use(session)
     except SQLAlchemyError as exc:
-        return None, None, f"not reachable ({type(exc).__name__}); face counts and the active model unknown"
+        return None, None, unreachable.format(type(exc).__name__)
     finally:
         engine.dispose()
     if active is None:
@@ -133,7 +129,9 @@ def _models_use(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  facebank ingest FOLDER    # the same folder(s) again: each photo is enrolled for {tag}")
         for model in others:
             print(f"  facebank models prune --model {model}    # delete those faces for good")
-    print("running servers go on with the model they loaded (their /readyz answers 503): restart them")
+    print(
+        "running servers go on with the model they loaded (their /readyz says restart_needed): restart them"
+    )
     if embedder_set_explicitly(settings) and settings.embedder != entry.name:
         print(
             f"note: FACEBANK_EMBEDDER={settings.embedder} is set here: the service refuses to start until it "
@@ -179,10 +177,10 @@ def _models_prune(args: argparse.Namespace, settings: Settings) -> int:
         detail = {"faces": len(removed), "identities_left_without_faces": len(emptied), "active": active}
         record(session, actor, Actions.MODEL_PRUNE, "model", model[:64], detail)
         session.commit()
-    # A server started before `models use` still holds these faces in memory until it restarts.
+    # A server still running the old model drops them as it follows the change log.
     print(
-        f"deleted {len(removed)} faces of {model}; servers restarted since the switch never loaded them, "
-        f"but any server still running {model} matches them until it is restarted: restart it now"
+        f"deleted {len(removed)} faces of {model}; servers still running {model} drop them from their index "
+        "as they follow the change log"
     )
     return 0
 

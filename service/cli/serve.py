@@ -48,6 +48,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level=settings.log_level,
         # Inference runs in FastAPI's thread pool; one process keeps one copy of the index.
         workers=1,
+        # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told otherwise: only listed proxies here.
+        proxy_headers=bool(settings.trusted_proxy_list),
+        forwarded_allow_ips=settings.trusted_proxy_list or [],
     )
     return 0
 

@@ -26,13 +26,14 @@ DEFAULT_URL_WORKERS = 4
 DESCRIPTION = """\
 Ingest photos: PATH is a folder with one sub-folder per identity (the folder name is the identity's name, or
 its external_id with --match-external-id), or a CSV manifest `path,identity[,external_id]` (paths relative to
-the manifest). An identity is matched by external_id when given, else by exact name (the oldest identity of
-that name), and created when missing. A photo already ingested (same sha256, identity and model) is skipped,
-so a stopped or killed run can simply be run again.
+the manifest). Photos outside the folder (symbolic links out of it; absolute or '..' manifest paths) are
+refused unless --allow-outside-paths. An identity is matched by external_id when given, else by exact name
+(the oldest identity of that name), and created when missing. A photo already ingested (same sha256,
+identity and model) is skipped, so a stopped or killed run can simply be run again.
 
-Without --url, faces are written straight into the configured database (FACEBANK_DATABASE_URL); a server
-already running on that database sees them only after a restart. With --url, photos go through a running
-server's REST API and it sees them at once.
+Without --url, faces are written straight into the configured database (FACEBANK_DATABASE_URL); servers
+running on that database see them as they are committed (they follow its change log). With --url, photos go
+through a running server's REST API.
 
 Exit status: 0 when every photo was ingested, skipped or rejected by a gate; 1 when any photo failed or the
 run could not start; 2 for unusable input; 130 when stopped by Ctrl-C."""
@@ -105,6 +106,12 @@ def register(commands: Any) -> None:
         action="store_true",
         help="folders: the sub-folder name is the identity's external_id (and its name when created)",
     )
+    parser.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="accept photos outside the gallery folder: symbolic links out of it, and manifest rows with "
+        "absolute or '..' paths (refused by default)",
+    )
     parser.set_defaults(handler=ingest_command)
 
 
@@ -123,7 +130,9 @@ def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
 
     console = make_console()
     try:
-        scanned = scan(args.path, match_external_id=args.match_external_id)
+        scanned = scan(
+            args.path, match_external_id=args.match_external_id, allow_outside=args.allow_outside_paths
+        )
     except ScanError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return EXIT_USAGE

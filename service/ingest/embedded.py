@@ -14,9 +14,8 @@ face of the same identity, image sha256 and model, and adds the face only if the
 any point leaves whole photos behind, and the next run skips them; two runs at once cannot both add the same
 photo or both create the same identity.
 
-SQL is the source of truth; a server that is already running rebuilt its FAISS index from SQL at its start
-and does not see faces written here until it restarts (its /readyz reports the index out of step). Use --url
-to ingest through a running server instead.
+SQL is the source of truth; servers already running on the database see each committed batch by following
+its change log (service/follower.py).
 """
 
 from __future__ import annotations

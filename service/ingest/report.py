@@ -87,6 +87,18 @@ class Tally:
         return "; ".join(parts)
 
 
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula gets a leading apostrophe; names and paths come
+    from the gallery's files, which whoever supplied the photos chose."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_report(path: Path, tally: Tally, meta: dict[str, Any]) -> None:
     """JSON with `meta`, `totals`, `reasons` and `rows`; or, for a .csv path, one row per skipped, rejected
     or failed photo after `total` rows (status=total, reason=<status>, detail=<count>)."""
@@ -99,7 +111,8 @@ def write_report(path: Path, tally: Tally, meta: dict[str, Any]) -> None:
             for status, count in tally.totals().items():
                 writer.writerow(["total", status, "", "", "", count])
             for row in rows:
-                writer.writerow([row.status, row.reason, row.path, row.identity, row.external_id, row.detail])
+                cells = [row.status, row.reason, row.path, row.identity, row.external_id, row.detail]
+                writer.writerow([spreadsheet_safe(cell) for cell in cells])
         return
     document = {
         "meta": meta,

@@ -4,6 +4,11 @@ Folder: ``ROOT/<identity>/**/<image>``; the sub-folder's name is the identity's 
 ``match_external_id``. CSV: ``path,identity[,external_id]`` with an optional header row; a relative path is
 relative to the manifest's folder. Everything is read up front so that the run knows its total (for the ETA)
 and a malformed manifest fails before anything is written.
+
+Photos stay inside the gallery: a file (or identity folder) that is a symbolic link leading out of the folder
+is ignored (`outside_gallery`), and a manifest row naming an absolute path, a `..` path or a link out of the
+manifest's folder fails the run, unless `allow_outside` (`--allow-outside-paths`) says the operator means it.
+Why: a gallery or manifest often comes from someone else, and would otherwise read any file the operator can.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ IMAGE_SUFFIXES: Final = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".g
 
 # Why: the identities table's name and external_id columns are String(256).
 MAX_NAME_LENGTH: Final = 256
+
+OUTSIDE_GALLERY: Final = "outside_gallery"
 
 
 class ScanError(ValueError):
@@ -54,28 +61,37 @@ class ScanResult:
     ignored: list[Ignored] = field(default_factory=list)
 
 
-def scan(path: Path, *, match_external_id: bool = False) -> ScanResult:
+def scan(path: Path, *, match_external_id: bool = False, allow_outside: bool = False) -> ScanResult:
     """The items under a gallery folder or listed in a CSV manifest."""
     if path.is_dir():
-        return scan_folder(path, match_external_id=match_external_id)
+        return scan_folder(path, match_external_id=match_external_id, allow_outside=allow_outside)
     if path.is_file() and path.suffix.lower() == ".csv":
         if match_external_id:
             raise ScanError(
                 "--match-external-id applies to folders; a manifest has its own external_id column"
             )
-        return scan_manifest(path)
+        return scan_manifest(path, allow_outside=allow_outside)
     if path.exists():
         raise ScanError(f"{path} is neither a folder nor a .csv manifest")
     raise ScanError(f"{path} does not exist")
 
 
-def scan_folder(root: Path, *, match_external_id: bool = False) -> ScanResult:
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, with every symbolic link followed, is `root` or lies under it (`root` resolved)."""
+    return path.resolve().is_relative_to(root)
+
+
+def scan_folder(root: Path, *, match_external_id: bool = False, allow_outside: bool = False) -> ScanResult:
     result = ScanResult()
+    real_root = root.resolve()
     for entry in sorted(root.iterdir()):
         if entry.name.startswith("."):
             continue
         if not entry.is_dir():
             result.ignored.append(Ignored(entry, "outside_identity_folder"))
+            continue
+        if not allow_outside and not _inside(entry, real_root):
+            result.ignored.append(Ignored(entry, OUTSIDE_GALLERY))
             continue
         label = _identity_text(entry.name, where=str(entry))
         for file in sorted(p for p in entry.rglob("*") if p.is_file()):
@@ -84,12 +100,16 @@ def scan_folder(root: Path, *, match_external_id: bool = False) -> ScanResult:
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 result.ignored.append(Ignored(file, "not_an_image"))
                 continue
+            if not allow_outside and not _inside(file, real_root):
+                result.ignored.append(Ignored(file, OUTSIDE_GALLERY))
+                continue
             result.items.append(IngestItem(file, label, label if match_external_id else None))
     return result
 
 
-def scan_manifest(manifest: Path) -> ScanResult:
+def scan_manifest(manifest: Path, *, allow_outside: bool = False) -> ScanResult:
     base = manifest.parent
+    real_base = base.resolve()
     result = ScanResult()
     try:
         # Why utf-8-sig: spreadsheets often save CSV with a byte-order mark.
@@ -111,6 +131,17 @@ def scan_manifest(manifest: Path) -> ScanResult:
         name = _identity_text(cells[1], where=where)
         external_id = _identity_text(cells[2], where=where) if len(cells) == 3 and cells[2] else None
         path = Path(cells[0]).expanduser()
+        if not allow_outside:
+            if path.is_absolute() or ".." in path.parts:
+                raise ScanError(
+                    f"{where}: {cells[0]!r} is absolute or climbs out with '..'; paths are relative to the "
+                    "manifest's folder (--allow-outside-paths to accept it)"
+                )
+            if not _inside(base / path, real_base):
+                raise ScanError(
+                    f"{where}: {cells[0]!r} is a link out of the manifest's folder "
+                    "(--allow-outside-paths to accept it)"
+                )
         result.items.append(IngestItem(path if path.is_absolute() else base / path, name, external_id))
     return result
 

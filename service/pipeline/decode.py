@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -80,31 +81,76 @@ def _refuse_truncated_images() -> None:
 
 
 def _upright(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation; a malformed EXIF block leaves the pixels as stored rather than failing."""
+    """Apply the EXIF orientation; a malformed EXIF block leaves the pixels as stored rather than failing.
+
+    In place: without it Pillow returns a full copy even when there is nothing to turn (160 MB at 40 MP).
+    """
     try:
-        return ImageOps.exif_transpose(image) or image
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # the orientation is a nicety, the pixels are what matter
         log.debug("ignoring unreadable EXIF orientation", exc_info=True)
-        return image
+    return image
+
+
+# Deep single-channel modes: 16- and 32-bit integers, 32-bit floats.
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# Rows converted at a time from a deep mode to 8 bits: the float copy is one strip, never the whole picture.
+_STRIP_ROWS = 256
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        # Pillow clips 16-bit samples when converting; rescale to 8 bits instead.
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        image = Image.fromarray(np.clip(array * (255.0 / peak), 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        if not np.isfinite(array).all():
-            array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
-        span = max(float(array.max() - array.min()), 1e-12)
-        image = Image.fromarray(((array - array.min()) * (255.0 / span)).astype(np.uint8), mode="L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        image.mode == "P" and "transparency" in image.info
-    ):
+    """RGB, 8 bits a channel. Peak memory stays near the decoded picture plus its RGB copy (4 bytes a pixel
+    in Pillow): deep modes go to 8 bits a strip at a time, alpha is flattened with one mask, and a picture
+    already in RGB is returned as it is."""
+    if image.mode in _DEEP_MODES:
+        image = _instead(image, _deep_to_l(image))
+    if image.mode in ("LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        image = _instead(image, image.convert("RGBA"))
+    if image.mode == "RGBA":
         # Transparent pixels become white rather than whatever colour they happen to hide.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(image, mask=image.getchannel("A"))
+        return _instead(image, flat)
+    return image if image.mode == "RGB" else _instead(image, image.convert("RGB"))
+
+
+def _instead(old: Image.Image, new: Image.Image) -> Image.Image:
+    """`new`, with `old`'s pixels freed now rather than when the caller's reference goes."""
+    old.close()
+    return new
+
+
+def _strips(image: Image.Image) -> Iterator[tuple[int, np.ndarray]]:
+    width, height = image.size
+    for top in range(0, height, _STRIP_ROWS):
+        bottom = min(height, top + _STRIP_ROWS)
+        yield top, np.asarray(image.crop((0, top, width, bottom)), dtype=np.float64)
+
+
+def _deep_to_l(image: Image.Image) -> Image.Image:
+    """16/32-bit samples rescaled to 8 bits (Pillow's own conversion clips them): 16-bit by its full range,
+    32-bit integers by their peak, floats by their finite range (NaN and infinities count as 0)."""
+    low, scale = 0.0, 255.0 / 65535.0
+    if not image.mode.startswith("I;16"):
+        lowest, highest = np.inf, -np.inf
+        for _, strip in _strips(image):
+            if image.mode == "F":
+                strip = np.nan_to_num(strip, nan=0.0, posinf=0.0, neginf=0.0)
+            lowest, highest = min(lowest, float(strip.min())), max(highest, float(strip.max()))
+        if image.mode == "F":
+            low, scale = lowest, 255.0 / max(highest - lowest, 1e-12)
+        else:
+            scale = 255.0 / max(highest, 1.0)
+    out = np.empty((image.height, image.width), dtype=np.uint8)
+    for top, strip in _strips(image):
+        if image.mode == "F":
+            strip = np.nan_to_num(strip, nan=0.0, posinf=0.0, neginf=0.0)
+        strip -= low
+        strip *= scale
+        np.clip(strip, 0, 255, out=strip)
+        out[top : top + strip.shape[0]] = strip.astype(np.uint8)
+    return Image.fromarray(out, mode="L")
+
+
+def image_to_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.uint8)

@@ -30,7 +30,9 @@ def is_sqlite_memory(url: URL) -> bool:
 def make_engine(url: str | URL, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False) -> Engine:
     """Build an engine for SQLite (a file, or memory for tests) or PostgreSQL.
 
-    `pool_size` and `max_overflow` apply to server databases only.
+    `pool_size` and `max_overflow` apply to server databases only. Every engine hides statement parameters
+    from its errors and logs: they hold names, metadata and embedding bytes, which must not reach log files
+    beyond the reach of erasure.
     """
     parsed = normalise_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -38,6 +40,7 @@ def make_engine(url: str | URL, *, pool_size: int = 10, max_overflow: int = 10, 
     return create_engine(
         parsed,
         echo=echo,
+        hide_parameters=True,
         # Why: connections dropped by the server or a proxy are replaced instead of failing a request.
         pool_pre_ping=True,
         pool_size=pool_size,
@@ -49,6 +52,7 @@ def make_engine(url: str | URL, *, pool_size: int = 10, max_overflow: int = 10, 
 def _make_sqlite_engine(url: URL, *, echo: bool) -> Engine:
     memory = is_sqlite_memory(url)
     kwargs: dict[str, Any] = {
+        "hide_parameters": True,
         # Why: the API serves requests from a thread pool; a pooled connection serves one thread at a time.
         "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S},
     }
@@ -79,5 +83,11 @@ def _make_sqlite_engine(url: URL, *, echo: bool) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that write the changes their transaction noted into the change log as they commit."""
+    from service.storage import changes
+
     # Why expire_on_commit=False: routes return ORM objects after committing without reloading them.
-    return sessionmaker(bind=engine, expire_on_commit=False)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    event.listen(factory, "before_commit", changes.write_noted)
+    event.listen(factory, "after_rollback", changes.forget_noted)
+    return factory

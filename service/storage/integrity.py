@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
+from service.storage import changes
 from service.storage.tables import Face
 
 # Why: PostgreSQL and SQLite cap bound parameters; key lists are sent in chunks well below that.
@@ -61,6 +62,8 @@ def delete_faces(session: Session, *, keys: Iterable[int]) -> list[tuple[int, uu
         session.execute(delete(Face).where(Face.key.in_(chunk)))
         deleted.extend((key, face_id, identity_id) for key, face_id, identity_id in rows)
     session.flush()
+    for key, _face_id, identity_id in deleted:
+        changes.note(session, changes.FACE_REMOVED, face_key=key, identity_id=identity_id)
     return deleted
 
 

@@ -10,10 +10,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 import migrations
-from service.storage.engine import make_engine
+from service.storage.engine import is_sqlite_memory, make_engine
 
 # Why: an arbitrary fixed key ("face" "bank" in ASCII) that every replica agrees on for its migration lock.
 MIGRATION_LOCK_KEY: Final = 0x66616365_62616E6B
@@ -52,7 +52,28 @@ def _upgrade(engine: Engine) -> None:
             # lock serialises them; the second sees the first's committed alembic_version and does nothing.
             # It is released by the commit or rollback at the end of this block.
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        elif connection.dialect.name == "sqlite":
+            # Why: Python's sqlite3 runs DDL outside any transaction unless one was begun, so two processes
+            # would both create the tables. BEGIN IMMEDIATE takes the write lock now; the other waits for it
+            # (the busy timeout) and then sees the committed alembic_version.
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
         command.upgrade(alembic_config(connection), "head")
+
+
+def schema_problem(url: str | URL) -> str | None:
+    """Why a read-only command cannot read this database as it is (None: at the newest schema). Creates
+    nothing: a missing SQLite file stays missing, and nothing is migrated."""
+    parsed = make_url(url)
+    on_file = parsed.get_backend_name() == "sqlite" and parsed.database and not is_sqlite_memory(parsed)
+    if on_file and not Path(str(parsed.database)).expanduser().exists():
+        return f"none yet at {parsed.database}"
+    engine = make_engine(parsed, pool_size=1, max_overflow=0)
+    try:
+        if current_revision(engine) != head_revision():
+            return "not migrated to the newest schema yet (start the server or run doctor --fix)"
+    finally:
+        engine.dispose()
+    return None
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -22,6 +22,7 @@ from sqlalchemy import Row, Select, String, func, or_, select, type_coerce
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.storage import changes
 from service.storage.tables import Face, Identity
 
 # Why little-endian explicitly: stored bytes must read back identically on any machine.
@@ -202,15 +203,16 @@ def delete_identity(session: Session, *, identity_id: uuid.UUID) -> list[int] | 
     # Faces not loaded in the session are removed by the database's ON DELETE CASCADE (passive_deletes).
     session.delete(identity)
     session.flush()
+    changes.note(session, changes.IDENTITY_REMOVED, identity_id=identity_id)
     return keys
 
 
-def identity_handles(session: Session) -> Iterator[tuple[uuid.UUID, str, str | None]]:
+def identity_handles(session: Session) -> list[tuple[uuid.UUID, str, str | None]]:
     """`(id, name, external_id)` of every identity, oldest first (what ingest matches photos by)."""
     query = select(Identity.id, Identity.name, Identity.external_id).order_by(
         Identity.created_at, Identity.id
     )
-    yield from session.execute(query).tuples()
+    return [(identity_id, name, external_id) for identity_id, name, external_id in session.execute(query)]
 
 
 def find_identity_id(
@@ -265,6 +267,7 @@ def add_face(
     )
     session.add(face)
     session.flush()
+    changes.note(session, changes.FACE_ADDED, model=model, face_key=face.key, identity_id=identity_id)
     return face
 
 
@@ -283,6 +286,7 @@ def delete_face(session: Session, *, identity_id: uuid.UUID, face_id: uuid.UUID)
     key = face.key
     session.delete(face)
     session.flush()
+    changes.note(session, changes.FACE_REMOVED, model=face.model, face_key=key, identity_id=identity_id)
     return key
 
 
@@ -343,6 +347,21 @@ def models_in_use(session: Session) -> dict[str, int]:
     """Face count per embedding model."""
     query = select(Face.model, func.count()).group_by(Face.model).order_by(Face.model)
     return {model: count for model, count in session.execute(query)}
+
+
+def embeddings_of(
+    session: Session, *, keys: Iterable[int], model: str
+) -> dict[int, tuple[uuid.UUID, np.ndarray]]:
+    """`{key: (identity id, vector)}` of the faces of `model` among `keys` that still exist."""
+    found: dict[int, tuple[uuid.UUID, np.ndarray]] = {}
+    wanted = sorted(set(keys))
+    for start in range(0, len(wanted), _IN_CHUNK):
+        query = select(Face.key, Face.identity_id, Face.embedding, Face.dim).where(
+            Face.key.in_(wanted[start : start + _IN_CHUNK]), Face.model == model
+        )
+        for key, identity_id, blob, dim in session.execute(query):
+            found[int(key)] = (identity_id, from_bytes(blob, dim))
+    return found
 
 
 def iter_embeddings(

@@ -62,7 +62,12 @@ def switched_away_from(session: Session, tag: str, *, lock: bool = False) -> str
 
 def set_active_embedder(session: Session, *, tag: str) -> str | None:
     """Make `tag` the active embedder; returns the one it replaces (None if none was recorded)."""
-    return put_value(session, key=ACTIVE_EMBEDDER, value=tag)
+    from service.storage import changes  # Why here: the change log keeps its own marker in this table
+
+    previous = put_value(session, key=ACTIVE_EMBEDDER, value=tag)
+    if previous != tag:
+        changes.note(session, changes.EMBEDDER_SWITCHED, model=tag)
+    return previous
 
 
 def seed_active_embedder(session: Session, *, tag: str) -> str:

@@ -167,6 +167,27 @@ class AuditEvent(Base):
         return f"AuditEvent(id={self.id}, action={self.action!r}, target_id={self.target_id!r})"
 
 
+class Change(Base):
+    """The change log: one row per write that changes what a search may return, committed in the same
+    transaction as the write and numbered in commit order; every process follows it to keep its index in step
+    (service/storage/changes.py)."""
+
+    __tablename__ = "changes"
+    # Why AUTOINCREMENT on SQLite: positions only grow; a pruned highest id must not be handed out again.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(FACE_KEY_TYPE, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # face.added, face.removed, identity.removed, embedder.switched
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(128))
+    face_key: Mapped[int | None] = mapped_column(BigInteger())
+    identity_id: Mapped[uuid.UUID | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"Change(id={self.id}, kind={self.kind!r}, face_key={self.face_key}, model={self.model!r})"
+
+
 class ServiceSetting(Base):
     """Service-wide choices that every app process must agree on, e.g. the active embedder (`name@version`).
 

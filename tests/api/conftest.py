@@ -14,10 +14,11 @@ from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.config import Settings
+from tests._client import local_client
 from tests._db import postgres_or_skip
 
 # Every table the app writes, children first, to empty a shared PostgreSQL database between modules.
-APP_TABLES = ("audit_events", "api_keys", "faces", "identities", "service_settings")
+APP_TABLES = ("audit_events", "api_keys", "faces", "identities", "service_settings", "changes")
 
 
 @pytest.fixture(scope="session")
@@ -55,5 +56,5 @@ def client(
 ) -> Iterator[TestClient]:
     data_dir = tmp_path_factory.mktemp("data")
     settings = Settings(data_dir=data_dir, model_dir=model_dir, database_url=database_url)
-    with TestClient(create_app(settings)) as test_client:
+    with local_client(create_app(settings)) as test_client:
         yield test_client

@@ -33,6 +33,7 @@ from service.pipeline import FacePipeline, StageTimes
 from service.pipeline.batching import ItemFailed
 from service.pipeline.face_policy import FaceRefused
 from service.schemas import DetectedFace
+from tests._client import local_client
 from tests.conftest import LFW
 
 ENROLLED = ["Colin_Powell", "Tony_Blair", "Serena_Williams", "Junichiro_Koizumi", "Hugo_Chavez"]
@@ -83,7 +84,7 @@ def gallery(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Galler
     data_dir = tmp_path_factory.mktemp("data")
     settings = Settings(data_dir=data_dir, model_dir=model_dir, max_faces=MAX_FACES, batch_max_wait_ms=0.0)
     probes = _probes()
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         assert client.app.state.facebank.batcher is None, "0 ms keeps the direct path"  # type: ignore[attr-defined]
         for name in ENROLLED:
             identity = client.post("/v1/identities", json={"name": name}).json()
@@ -123,7 +124,7 @@ def _batching(gallery: Gallery, **overrides: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def batched(gallery: Gallery) -> Iterator[TestClient]:
-    with TestClient(create_app(_batching(gallery))) as client:
+    with local_client(create_app(_batching(gallery))) as client:
         yield client
 
 
@@ -359,7 +360,7 @@ def test_app_state_close_closes_the_batcher_and_the_app_lifespan_leaves_no_threa
 ) -> None:
     threads_before = set(threading.enumerate())
     settings = _batching(gallery)
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         probe = gallery.probes["Serena_Williams_2"]
         answers = _all_at_once(lambda _: client.post("/v1/identify", files=_file(probe)), list("abcd"))
         for response in answers.values():

@@ -27,6 +27,7 @@ from PIL import Image
 
 from service.api import create_app
 from service.config import Settings
+from tests._client import local_client
 from tests.conftest import LFW
 
 MAX_UPLOAD = 512 * 1024
@@ -525,7 +526,7 @@ def ctx(database_url: str, model_dir: Path, tmp_path_factory: pytest.TempPathFac
         max_image_pixels=MAX_PIXELS,
         max_faces=MAX_FACES,
     )
-    with TestClient(create_app(settings)) as client:
+    with local_client(create_app(settings)) as client:
         kept = client.post("/v1/identities", json={"name": "Colin_Powell", "metadata": {"keep": True}}).json()
         kept_face = client.post(
             f"/v1/identities/{kept['id']}/faces", files=_file(encode(_lfw("Colin_Powell"), "JPEG"))

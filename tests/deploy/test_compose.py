@@ -8,7 +8,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from service.config import Settings
 from service.storage import current_revision, head_revision, make_engine
+from tests._ports import PortTaken, on_a_free_port, port_was_taken
 from tests.conftest import LFW
 
 yaml = pytest.importorskip("yaml", reason="the compose tests read YAML with PyYAML (the dev extra)")
@@ -37,15 +37,28 @@ def _compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
+# What an operator's .env beside the compose file holds: the one variable compose requires.
+OPERATOR_ENV = {"POSTGRES_PASSWORD": "from-the-env-file"}
+
+
+class MissingVariable(KeyError):
+    """Compose refuses to start when a `${VAR:?message}` variable is unset or empty."""
+
+
 def _interpolate(value: str, env: dict[str, str] | None = None) -> str:
-    """Compose's `${VAR:-default}` and `${VAR}` with the given environment (default: none set)."""
-    env = env or {}
+    """Compose's `${VAR:-default}`, `${VAR:?message}` and `${VAR}` with the given environment (default: an
+    operator's .env with only the required variables)."""
+    env = OPERATOR_ENV if env is None else env
 
     def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(3)
-        return env.get(name) or (default if default is not None else "")
+        name, kind, rest = match.group(1), match.group(3), match.group(4)
+        if env.get(name):
+            return env[name]
+        if kind == "?":
+            raise MissingVariable(f"{name}: {rest}")
+        return rest if kind == "-" else ""
 
-    return re.sub(r"\$\{(\w+)(:-([^}]*))?\}", substitute, value)
+    return re.sub(r"\$\{(\w+)(:([-?])([^}]*))?\}", substitute, value)
 
 
 def _healthcheck_command(check: dict[str, Any]) -> str:
@@ -95,6 +108,27 @@ def test_the_api_is_configured_through_environment_variables_the_settings_know()
     )
     assert environment["FACEBANK_MODEL_DIR"] == "/models" and environment["FACEBANK_DATA_DIR"] == "/data"
     assert environment["FACEBANK_HOST"] == "0.0.0.0"
+
+
+def test_there_is_no_default_database_password() -> None:
+    compose = _compose()
+    api_url = compose["services"]["api"]["environment"]["FACEBANK_DATABASE_URL"]
+    postgres = compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    for value in (api_url, postgres):
+        with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD"):
+            _interpolate(value, env={})
+    assert make_url(_interpolate(api_url)).password == OPERATOR_ENV["POSTGRES_PASSWORD"]
+
+
+def test_containers_drop_capabilities_and_cannot_gain_privileges() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+    # The API writes only to its volumes; its root file system is read-only with a memory-backed /tmp.
+    for name in ("api", "api-gpu"):
+        assert services[name]["read_only"] is True and services[name]["tmpfs"] == ["/tmp"], name
+        assert "cap_add" not in services[name], name
 
 
 def test_the_gpu_profile_reserves_one_gpu_and_runs_the_gpu_image_on_cuda() -> None:
@@ -285,13 +319,14 @@ def test_a_wheel_built_from_the_build_context_carries_migrations_manifest_and_pa
 # --- the app as compose starts it, against PostgreSQL ---------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def _serve(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """The server and its base URL, on a free port (another one if that was taken meanwhile)."""
+    return on_a_free_port(
+        lambda port: (_serve_on(env | {"FACEBANK_PORT": str(port)}, port), f"http://127.0.0.1:{port}")
+    )
 
 
-def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+def _serve_on(env: dict[str, str], port: int) -> subprocess.Popen[str]:
     # The image's ENTRYPOINT ["facebank"] + CMD ["serve"], with the configuration only in the environment.
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve"],
@@ -309,7 +344,10 @@ def _serve(env: dict[str, str], port: int) -> subprocess.Popen[str]:
         except httpx.TransportError:
             pass
         if process.poll() is not None:
-            raise AssertionError(process.stderr.read() if process.stderr else "the server exited")
+            stderr = process.stderr.read() if process.stderr else ""
+            if port_was_taken(stderr):
+                raise PortTaken(f"port {port} was taken before the server bound it")
+            raise AssertionError(stderr or "the server exited")
         assert time.monotonic() < deadline, "not ready in 90 s"
         time.sleep(0.2)
 
@@ -337,19 +375,16 @@ def test_the_app_serves_from_postgres_configured_by_the_compose_environment_and_
         password=local.password,
         database=local.database,
     ).render_as_string(hide_password=False)
-    port = _free_port()
     environment |= {
         "FACEBANK_MODEL_DIR": str(model_dir),
         "FACEBANK_DATA_DIR": str(tmp_path / "data"),
         "FACEBANK_HOST": "127.0.0.1",
-        "FACEBANK_PORT": str(port),
-    }
+    }  # and FACEBANK_PORT, set by _serve
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEBANK_")} | environment
     env["PYTHONPATH"] = str(ROOT)
-    base = f"http://127.0.0.1:{port}"
     photo = next(LFW.glob("Aaron_Peirsol/*.jpg")).read_bytes()
 
-    server = _serve(env, port)
+    server, base = _serve(env)
     try:
         identity = httpx.post(f"{base}/v1/identities", json={"name": "Aaron Peirsol"}).json()
         enrolled = httpx.post(f"{base}/v1/identities/{identity['id']}/faces", files={"image": photo})
@@ -357,7 +392,7 @@ def test_the_app_serves_from_postgres_configured_by_the_compose_environment_and_
     finally:
         _stop(server)
 
-    server = _serve(env, port)  # a new container: the index is rebuilt from PostgreSQL
+    server, base = _serve(env)  # a new container: the index is rebuilt from PostgreSQL
     try:
         ready = httpx.get(f"{base}/readyz").json()
         found = httpx.post(f"{base}/v1/identify", files={"image": photo}).json()

@@ -14,6 +14,7 @@ from models.evaluation.lfw import (
     parse_pairs,
     read_pairs,
 )
+from tests._ci import skip_or_fail_in_ci
 from tests.conftest import LFW, SHARED
 
 PAIRS = SHARED / "data" / "lfw-pairs.txt"
@@ -81,7 +82,7 @@ def test_limit_split_takes_probes_round_robin_over_people() -> None:
 
 def test_the_real_pairs_file_has_ten_folds_of_300_matched_and_300_mismatched() -> None:
     if not PAIRS.is_file():
-        pytest.skip(f"needs {PAIRS} (../shared); CI always has it")
+        skip_or_fail_in_ci(f"needs {PAIRS} (../shared)")
     pairs = read_pairs(PAIRS)
     assert len(pairs) == 6000
     assert {p.fold for p in pairs} == set(range(10))
@@ -90,6 +91,6 @@ def test_the_real_pairs_file_has_ten_folds_of_300_matched_and_300_mismatched() -
 
 def test_the_real_lfw_split_has_5749_gallery_images_and_7484_probes() -> None:
     if not LFW.is_dir():
-        pytest.skip(f"needs {LFW} (../shared); CI always has it")
+        skip_or_fail_in_ci(f"needs {LFW} (../shared)")
     split = identification_split(list_images(LFW))
     assert (len(split.gallery), len(split.probes)) == (5749, 7484)

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from collections.abc import Callable
 
 import faiss
 import numpy as np
 import pytest
 
-from service.index import CpuFlatStorage, FaissFlatIndex, SlotIndex, VectorIndex
+from service.index import CpuFlatStorage, FaissFlatIndex, SearchResult, SlotIndex, VectorIndex
 from service.index.faiss_gpu import InterleavedStorage
 from service.index.faiss_index import BLAS_MIN_QUERIES, _BlasThreshold
 from service.pipeline.embed import l2_normalize
+from tests._threads import WatchedLock, start, watch_waits
 
 DIM = 64
 WAIT_S = 10.0
@@ -118,19 +118,22 @@ def test_the_blas_threshold_is_restored_when_a_search_raises() -> None:
 
 def test_a_window_for_another_dimension_waits_for_the_open_one_to_close() -> None:
     shared = _BlasThreshold()
+    waits = watch_waits(shared)
     entered = threading.Event()
+    seen: list[int] = []  # checked here: an assertion failing in the thread would only be a warning
 
     def other_dimension() -> None:
         with shared.lowered(2 * DIM):
-            assert faiss.cvar.distance_compute_blas_threshold == BLAS_MIN_QUERIES * 2 * DIM
+            seen.append(faiss.cvar.distance_compute_blas_threshold)
             entered.set()
 
     with shared.lowered(DIM):
         thread = threading.Thread(target=other_dimension)
         thread.start()
-        assert not entered.wait(0.2)
+        assert waits.holds_back(thread, got_through=entered.is_set)
     assert entered.wait(WAIT_S)
     thread.join(WAIT_S)
+    assert seen == [BLAS_MIN_QUERIES * 2 * DIM]
 
 
 def test_single_queries_are_computed_alike_whether_or_not_a_multi_query_window_is_open() -> None:
@@ -168,53 +171,84 @@ def test_writes_wait_for_the_searches_inside(make_index: Callable[[], VectorInde
         "reset": index.reset,
     }
     written = threading.Event()
+    waits = watch_waits(index._lock)  # type: ignore[attr-defined]
     with index._lock.reading():  # type: ignore[attr-defined]
         thread = threading.Thread(target=_then, args=(calls[write], written))
         thread.start()
-        assert not written.wait(0.2)
+        assert waits.holds_back(thread, got_through=written.is_set)
     assert written.wait(WAIT_S)
     thread.join(WAIT_S)
 
 
-class _WatchedStorage(CpuFlatStorage):
-    """A CPU storage that records how many of its searches run at once (each lingers a little)."""
+class _HeldStorage(CpuFlatStorage):
+    """A CPU storage whose searches stop inside until the test lets them go (`release`) or, with `meet`,
+    until another search is inside too; `inside` counts the searches in it now."""
 
-    def __init__(self, *, concurrent_search: bool) -> None:
+    def __init__(self, *, concurrent_search: bool, meet: threading.Barrier | None = None) -> None:
         super().__init__(DIM, concurrent_search=concurrent_search)
         self.inside = 0
-        self.most_inside = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self._meet = meet
         self._count = threading.Lock()
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with self._count:
             self.inside += 1
-            self.most_inside = max(self.most_inside, self.inside)
+        self.entered.set()
         try:
-            time.sleep(0.01)
+            if self._meet is not None:
+                self._meet.wait()
+            else:
+                assert self.release.wait(WAIT_S), "the test never let the search go"
             return super().search(queries, k)
         finally:
             with self._count:
                 self.inside -= 1
 
 
-@pytest.mark.parametrize("concurrent_search", [False, True])
-def test_a_storage_that_cannot_search_concurrently_gets_one_search_at_a_time(concurrent_search: bool) -> None:
-    storage = _WatchedStorage(concurrent_search=concurrent_search)
-    index = SlotIndex(storage, new_storage=lambda: _WatchedStorage(concurrent_search=concurrent_search))
+def _held_index(storage: _HeldStorage) -> tuple[SlotIndex, Callable[[], None], list[SearchResult]]:
+    """An index over `storage`, a search to run in threads, and where those searches put their results
+    (checked against the same search in an ordinary index)."""
+    index = SlotIndex(storage, new_storage=lambda: CpuFlatStorage(DIM))
     index.add(np.arange(200), _vectors(200))
     queries = _vectors(8, seed=2)
-    expected = index.search(queries, 5)
+    results: list[SearchResult] = []
+    return index, lambda: results.append(index.search(queries, 5)), results
 
-    def search(i: int) -> None:
-        for _ in range(10):
-            got = index.search(queries, 5)
-            assert np.array_equal(got.ids, expected.ids)
 
-    _run_threads(search, 4)
-    if concurrent_search:
-        assert storage.most_inside > 1  # CPU storages do search side by side (else this test proves nothing)
-    else:
-        assert storage.most_inside == 1
+def _plain_search() -> SearchResult:
+    index = _slot_index()
+    index.add(np.arange(200), _vectors(200))
+    return index.search(_vectors(8, seed=2), 5)
+
+
+def test_a_storage_that_cannot_search_concurrently_gets_one_search_at_a_time() -> None:
+    storage = _HeldStorage(concurrent_search=False)
+    index, search, results = _held_index(storage)
+    turn = WatchedLock()
+    index._storage_lock = turn  # type: ignore[assignment]
+    first = start(search)
+    assert storage.entered.wait(WAIT_S)
+    second = start(search)
+    # The second search waits for its turn on the storage instead of joining the first inside it.
+    assert turn.holds_back(second, got_through=lambda: storage.inside > 1)
+    storage.release.set()
+    for thread in (first, second):
+        thread.join(WAIT_S)
+    want = _plain_search()
+    assert len(results) == 2 and all(np.array_equal(r.ids, want.ids) for r in results)
+
+
+def test_a_storage_that_can_search_concurrently_gets_searches_side_by_side() -> None:
+    meet = threading.Barrier(2, timeout=WAIT_S)  # broken unless both searches are in the storage at once
+    _, search, results = _held_index(_HeldStorage(concurrent_search=True, meet=meet))
+    threads = [start(search) for _ in range(2)]
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert not meet.broken
+    want = _plain_search()
+    assert len(results) == 2 and all(np.array_equal(r.ids, want.ids) for r in results)
 
 
 def test_interleaved_parts_search_concurrently_only_if_every_part_can() -> None:

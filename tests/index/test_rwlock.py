@@ -5,31 +5,11 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
 from service.index.rwlock import ReadWriteLock
-
-WAIT_S = 5.0  # generous: the machine is shared, and a correct lock never needs it
-
-
-def start(target: Callable[[], object]) -> threading.Thread:
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
-
-
-def then(action: Callable[[], object], done: threading.Event) -> None:
-    action()
-    done.set()
+from tests._threads import WAIT_S, start, then, watch_waits
 
 
 def test_two_readers_hold_the_lock_at_the_same_time() -> None:
@@ -50,16 +30,19 @@ def test_two_readers_hold_the_lock_at_the_same_time() -> None:
 @pytest.mark.parametrize("second", ["reading", "writing"])
 def test_a_writer_keeps_readers_and_writers_out_until_it_leaves(second: str) -> None:
     lock = ReadWriteLock()
+    waits = watch_waits(lock)
     entered = threading.Event()
     with lock.writing():
         thread = start(lambda: then(getattr(lock, second)().__enter__, entered))
-        assert not entered.wait(0.2)
+        # Not "has it entered after 0.2 s?" (an unscheduled thread has not either), but which comes first.
+        assert waits.holds_back(thread, got_through=entered.is_set)
     assert entered.wait(WAIT_S)
     thread.join(WAIT_S)
 
 
 def test_a_writer_waits_for_the_readers_inside() -> None:
     lock = ReadWriteLock()
+    waits = watch_waits(lock)
     wrote = threading.Event()
 
     def write() -> None:
@@ -68,7 +51,7 @@ def test_a_writer_waits_for_the_readers_inside() -> None:
 
     with lock.reading():
         thread = start(write)
-        assert not wrote.wait(0.2)
+        assert waits.holds_back(thread, got_through=wrote.is_set)
     assert wrote.wait(WAIT_S)
     thread.join(WAIT_S)
 
@@ -85,12 +68,13 @@ def test_a_waiting_writer_goes_before_readers_that_come_after_it() -> None:
         with lock.reading():
             order.append("late reader")
 
+    waits = watch_waits(lock)
     with lock.reading():
         writer = start(write)
-        wait_until(lambda: lock._writers_waiting == 1)
+        assert waits.holds_back(writer, got_through=lambda: bool(order))
         late_reader = start(read)
-        time.sleep(0.2)
-        assert order == []  # the late reader waits although only a reader holds the lock
+        # The late reader waits although only a reader holds the lock.
+        assert waits.holds_back(late_reader, got_through=lambda: bool(order))
     writer.join(WAIT_S)
     late_reader.join(WAIT_S)
     assert order == ["writer", "late reader"]

@@ -5,11 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -27,53 +22,28 @@ from service.ingest.progress import StopFlag
 from service.ingest.remote import RemoteError, RemoteOptions, run_remote
 from service.ingest.report import Status, Tally
 from service.ingest.scan import IngestItem
-from tests.ingest._helpers import ROOT, run_ingest, stored_faces
+from tests._ports import free_port
+from tests.ingest._helpers import run_ingest, stored_faces
+from tests.reliability._server import start_server
 
 # --- a real server ------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
 def server(model_dir: Path, tmp_path: Path) -> Iterator[tuple[str, Settings]]:
     """`facebank serve` on a free port of 127.0.0.1, with its own SQLite database."""
-    port = _free_port()
     settings = Settings(data_dir=tmp_path / "server", model_dir=model_dir)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "FACEBANK_MODEL_DIR": str(model_dir),
-        "FACEBANK_DATA_DIR": str(settings.data_dir),
-        "FACEBANK_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    # The shared start-up: it starts again on another port when this one was taken meanwhile.
+    running = start_server(
+        data_dir=settings.data_dir,
+        model_dir=model_dir,
+        database_url=settings.resolved_database_url,
+        log=tmp_path / "server.log",
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
-            assert time.monotonic() < deadline, "the server did not become ready in 60 s"
-            time.sleep(0.2)
-        yield url, settings
+        yield running.url, settings
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        running.stop()
 
 
 @pytest.mark.shared
@@ -115,7 +85,7 @@ def test_url_mode_ingests_through_a_running_server_which_sees_the_faces_at_once(
 
 def test_url_mode_exits_1_when_the_server_cannot_be_reached(tmp_path: Path, small_gallery: Path) -> None:
     settings = Settings(data_dir=tmp_path, model_dir=tmp_path / "none")
-    argv = [str(small_gallery), "--url", f"http://127.0.0.1:{_free_port()}"]
+    argv = [str(small_gallery), "--url", f"http://127.0.0.1:{free_port()}"]
 
     assert run_ingest(argv, settings) == 1
 

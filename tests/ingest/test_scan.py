@@ -67,7 +67,7 @@ def test_a_manifest_reads_paths_relative_to_itself_with_an_optional_header_and_e
         encoding="utf-8",
     )
 
-    items = scan(manifest).items
+    items = scan(manifest, allow_outside=True).items  # the absolute path needs it
 
     assert items == [
         IngestItem(tmp_path / "lists" / "photos" / "a.jpg", "Ada Lovelace", "emp-001"),
@@ -105,3 +105,49 @@ def test_scan_refuses_a_missing_path_a_plain_file_and_external_id_matching_on_a_
         scan(_touch(tmp_path / "photo.jpg"))
     with pytest.raises(ScanError, match="applies to folders"):
         scan(_touch(tmp_path / "m.csv", b"a.jpg,Ada\n"), match_external_id=True)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "/etc/passwd.jpg,Eve",
+        "../secret.jpg,Eve",
+        "photos/../../secret.jpg,Eve",
+        "~/x.jpg,Eve",
+        "link.jpg,Eve",
+    ],
+    ids=["absolute", "dot-dot", "nested-dot-dot", "home", "symlink-out"],
+)
+def test_a_manifest_row_leading_outside_its_folder_is_refused_unless_allowed(
+    tmp_path: Path, row: str
+) -> None:
+    folder = tmp_path / "lists"
+    folder.mkdir()
+    _touch(tmp_path / "secret.jpg")
+    (folder / "link.jpg").symlink_to(tmp_path / "secret.jpg")
+    manifest = _touch(folder / "m.csv", f"ok.jpg,Ada\n{row}\n".encode())
+    with pytest.raises(ScanError, match=r"m\.csv:2: .*--allow-outside-paths"):
+        scan(manifest)
+    assert len(scan(manifest, allow_outside=True).items) == 2
+
+
+def test_links_out_of_a_gallery_folder_are_ignored_unless_allowed(tmp_path: Path) -> None:
+    outside = tmp_path / "private"
+    (outside / "someone").mkdir(parents=True)
+    _touch(outside / "id-card.jpg")
+    _touch(outside / "someone" / "x.jpg")
+    gallery = tmp_path / "gallery"
+    (gallery / "Ada").mkdir(parents=True)
+    _touch(gallery / "Ada" / "a.jpg")
+    (gallery / "Ada" / "b.jpg").symlink_to(gallery / "Ada" / "a.jpg")  # a link that stays inside is fine
+    (gallery / "Ada" / "card.jpg").symlink_to(outside / "id-card.jpg")
+    (gallery / "Eve").symlink_to(outside / "someone", target_is_directory=True)
+
+    result = scan(gallery)
+    assert [item.path.name for item in result.items] == ["a.jpg", "b.jpg"]
+    assert {(i.path.name, i.reason) for i in result.ignored} == {
+        ("card.jpg", "outside_gallery"),
+        ("Eve", "outside_gallery"),
+    }
+    allowed = scan(gallery, allow_outside=True)
+    assert sorted(item.path.name for item in allowed.items) == ["a.jpg", "b.jpg", "card.jpg", "x.jpg"]

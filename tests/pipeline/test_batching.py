@@ -11,6 +11,7 @@ import pytest
 
 from service.pipeline import StageTimes
 from service.pipeline.batching import BatcherClosed, BatchFailed, ItemFailed, MicroBatcher
+from tests._threads import start, watch_waits
 
 # Long enough never to expire in a test that relies on a full batch starting at once.
 FOREVER_S = 60.0
@@ -189,15 +190,17 @@ def test_close_runs_what_is_queued_refuses_new_items_and_leaves_no_thread() -> N
     gate = threading.Event()
     run = Doubler(gate)
     batcher = MicroBatcher(run, max_size=2, max_wait_s=FOREVER_S)
+    waits = watch_waits(batcher, "_cond")
     queued = _submit_all(batcher, [1, 2, 3, 4, 5])
     assert run.running.wait(10)
     _wait_until(lambda: batcher.queued() == 3)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        closing = pool.submit(batcher.close, 10.0)
-        time.sleep(0.05)
-        assert not closing.done(), "close waits for the queued items"
-        gate.set()
-        assert closing.result(timeout=10) is True
+    closed: list[bool] = []
+    closing = start(lambda: closed.append(batcher.close(10.0)))
+    # Seen waiting on the batcher, not merely not finished yet after a fixed sleep.
+    assert waits.holds_back(closing, got_through=lambda: bool(closed)), "close waits for the queued items"
+    gate.set()
+    closing.join(10)
+    assert closed == [True]
     # The last item had no company and would have waited FOREVER_S; closing ran it at once.
     assert sorted(f.result(timeout=1) for f in queued) == [2, 4, 6, 8, 10]
     with pytest.raises(BatcherClosed):

@@ -16,6 +16,7 @@ from service.config import Settings
 from service.security import Scope, cli_principal, issue_key, revoke_key
 from service.storage import keys as key_repo
 from service.storage import make_engine, make_session_factory, upgrade_to_head
+from tests._client import local_client
 from tests.api.conftest import database_url, postgres_url  # noqa: F401  (fixtures)
 
 
@@ -79,7 +80,7 @@ def make_client(
             database_url=database_url,
             **overrides,  # type: ignore[arg-type]
         )
-        return TestClient(create_app(settings))
+        return local_client(create_app(settings))
 
     return build
 

@@ -107,11 +107,24 @@ def test_without_keys_a_loopback_server_still_refuses_callers_from_other_address
     sessions,  # type: ignore[no-untyped-def]
 ) -> None:
     state = SimpleNamespace(sessions=sessions, open_without_keys=True)
-    assert not isinstance(resolve(state, {}, "127.0.0.1"), AuthFailure)  # type: ignore[arg-type]
-    refused = resolve(state, {}, "10.1.2.3")  # type: ignore[arg-type]
-    assert isinstance(refused, AuthFailure) and refused.code == "missing_api_key"
+    local = {"host": "127.0.0.1:8000"}
+    assert not isinstance(resolve(state, local, "127.0.0.1"), AuthFailure)  # type: ignore[arg-type]
+    assert not isinstance(resolve(state, {"host": "localhost"}, "::1"), AuthFailure)  # type: ignore[arg-type]
+    refused = [
+        (local, "10.1.2.3"),  # another machine
+        (local, None),  # no peer address: a UNIX socket
+        (local, "x"),  # not an address: what a proxy header rewrite can leave
+        ({"host": "evil.example"}, "127.0.0.1"),  # DNS rebinding: a page's own name
+        ({}, "127.0.0.1"),  # no Host at all
+        (local | {"x-forwarded-for": "127.0.0.1"}, "127.0.0.1"),  # a same-host proxy or tunnel
+        (local | {"forwarded": "for=127.0.0.1"}, "127.0.0.1"),
+        (local | {"x-real-ip": "127.0.0.1"}, "127.0.0.1"),
+    ]
+    for headers, peer in refused:
+        answer = resolve(state, headers, peer)  # type: ignore[arg-type]
+        assert isinstance(answer, AuthFailure) and answer.code == "missing_api_key", (headers, peer)
     public = SimpleNamespace(sessions=sessions, open_without_keys=False)
-    assert isinstance(resolve(public, {}, "127.0.0.1"), AuthFailure)  # type: ignore[arg-type]
+    assert isinstance(resolve(public, local, "127.0.0.1"), AuthFailure)  # type: ignore[arg-type]
 
 
 def test_keys_commands_create_list_and_revoke(
@@ -155,3 +168,28 @@ def test_serve_refuses_a_public_address_while_no_key_exists(
     started.clear()
     assert main(["keys", "create", "--name", "ops", "--scope", "admin"]) == 0
     assert main(["serve", "--host", "0.0.0.0", "--port", "8123"]) == 0 and started.is_set()
+
+
+def test_keys_list_neither_creates_nor_migrates_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alembic import command
+
+    from service.storage import current_revision, head_revision
+    from service.storage.migrate import alembic_config
+
+    monkeypatch.setenv("FACEBANK_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("FACEBANK_DATABASE_URL", raising=False)
+    assert main(["keys", "list"]) == 0
+    assert "none yet" in capsys.readouterr().err and not (tmp_path / "facebank.db").exists()
+
+    # A database another (older) version left: listing must not upgrade it behind that version's back.
+    engine = make_engine(f"sqlite:///{tmp_path / 'facebank.db'}")
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0002")
+    older = current_revision(engine)
+    assert older is not None and older != head_revision()
+    assert main(["keys", "list"]) == 1
+    assert "not migrated" in capsys.readouterr().err
+    assert current_revision(engine) == older
+    engine.dispose()

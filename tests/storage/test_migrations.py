@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,11 @@ from sqlalchemy import Engine, inspect, text
 
 from service.storage import Base, current_revision, head_revision, make_engine, upgrade_to_head
 from service.storage.migrate import MIGRATION_LOCK_KEY, alembic_config
+from tests._db import lock_waits
+from tests._threads import first_of
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = {"identities", "faces", "api_keys", "audit_events", "service_settings", "alembic_version"}
+TABLES = {"identities", "faces", "api_keys", "audit_events", "service_settings", "changes", "alembic_version"}
 
 # A separate OS process that imports, says "ready", waits for a line on stdin, then migrates.
 _MIGRATE_IN_CHILD = """
@@ -142,9 +143,30 @@ def test_a_postgres_upgrade_waits_while_another_holds_the_migration_lock(fresh_p
     with engine.begin() as holder:
         holder.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         _go(child)
-        time.sleep(1.0)
-        assert child.poll() is None, "the upgrade did not wait for the lock"
+        # Not "still running after a second?" (a slow child is too): either PostgreSQL reports it waiting
+        # for the advisory lock, or it migrated and exited without waiting.
+        verdict = first_of(
+            got_through=lambda: child.poll() is not None, held_back=lambda: "advisory" in lock_waits(engine)
+        )
+        assert verdict == "held_back", "the upgrade did not wait for the lock"
         assert current_revision(engine) is None
     _finish(child)  # the lock went with the holder's commit
     assert current_revision(engine) == head_revision()
+    engine.dispose()
+
+
+def test_processes_migrating_a_fresh_sqlite_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """SQLite runs DDL outside a transaction unless one is begun explicitly: without the write lock taken
+    first, processes starting together each create the tables and all but one fail."""
+    url = f"sqlite:///{tmp_path / 'facebank.db'}"
+    children = [_start_migrating_child(url) for _ in range(4)]
+    for child in children:
+        _go(child)
+    for child in children:
+        _finish(child)
+    engine = make_engine(url)
+    assert current_revision(engine) == head_revision()
+    assert set(inspect(engine).get_table_names()) == TABLES
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM alembic_version")).scalar_one() == 1
     engine.dispose()

@@ -12,6 +12,8 @@ from sqlalchemy.orm import Session
 from service.storage import make_session_factory
 from service.storage import service_settings as choices
 from service.storage.tables import ServiceSetting
+from tests._db import lock_waits
+from tests._threads import first_of
 
 
 @pytest.fixture
@@ -111,8 +113,11 @@ def test_a_locked_read_holds_off_a_switch_until_the_reader_commits(clean: Engine
         assert choices.active_embedder(enrolment, lock=True) == "a@1"
         switcher = threading.Thread(target=switch)
         switcher.start()
-        switcher.join(timeout=0.5)
-        assert switcher.is_alive()  # waiting for the enrolment's lock
+        # Waiting for the enrolment's lock, as PostgreSQL reports it, not merely slow to start.
+        verdict = first_of(
+            got_through=lambda: not switcher.is_alive(), held_back=lambda: bool(lock_waits(clean))
+        )
+        assert verdict == "held_back"
         order.append("enrolled")
         enrolment.commit()
     switcher.join(timeout=10)

@@ -13,6 +13,7 @@ import pytest
 
 from models.training.cli import register
 from service.config import Settings
+from tests._ci import skip_or_fail_in_ci
 from tests.conftest import SHARED, SHARED_MODELS
 from tests.evaluation._prepared import prepared_model_dir
 
@@ -23,7 +24,7 @@ CELEBA = SHARED / "data" / "celeba-train"
 
 def _tiny_dataset(root: Path, identities: int = 5, per_identity: int = 3) -> Path:
     if not CELEBA.is_dir():
-        pytest.skip(f"needs {CELEBA} (../shared); CI always has it")
+        skip_or_fail_in_ci(f"needs {CELEBA} (../shared)")
     for folder in sorted(p for p in CELEBA.iterdir() if p.is_dir())[:identities]:
         (root / folder.name).mkdir(parents=True)
         for image in sorted(folder.glob("*.jpg"))[:per_identity]:

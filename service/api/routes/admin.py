@@ -89,7 +89,7 @@ def list_audit_events(
 
 
 def _index_report(state: AppState) -> schemas.IndexReport:
-    audit = state.gallery.audit()
+    audit = state.follower.audit()
     with state.sessions() as session:
         models = repo.models_in_use(session)
     return schemas.IndexReport(
@@ -112,7 +112,7 @@ def check_index(state: State, _: Admin) -> schemas.IndexReport:
 @router.post("/v1/admin/index/rebuild", response_model=schemas.IndexReport, responses=ERRORS)
 def rebuild_index(state: State, db: DB, caller: Admin) -> schemas.IndexReport:
     """Reload the in-memory index from SQL (what a restart does), then report as GET does."""
-    faces = state.gallery.rebuild()
+    faces = state.follower.rebuild()
     record(db, caller, Actions.INDEX_REBUILD, "index", state.embedder_tag, {"faces": faces})
     db.commit()
     return _index_report(state)

@@ -102,9 +102,9 @@ def delete_identity(identity_id: uuid.UUID, db: DB, state: State, caller: Enroll
         if keys is None:
             raise not_found("identity")
         record(db, caller, Actions.IDENTITY_DELETE, "identity", identity_id, {"faces": len(keys)})
-        with state.gallery.writing():
-            db.commit()
-            state.gallery.removed(keys, identity_id=identity_id)
+        db.commit()
+        # Read-your-writes: this process's index drops the person before the answer; others follow the log.
+        state.follower.catch_up()
     except StaleDataError as exc:  # another request deleted it first
         db.rollback()
         raise not_found("identity") from exc
@@ -134,7 +134,7 @@ def enroll_face(
     try:
         with (
             times.stage("store"),
-            enrolment.begin(db, model=state.embedder_tag, actor=caller, gallery=state.gallery) as unit,
+            enrolment.begin(db, model=state.embedder_tag, actor=caller, follower=state.follower) as unit,
         ):
             face = unit.add_face(
                 identity_id, chosen, embedded.embedding, image_sha256=hashlib.sha256(data).hexdigest()
@@ -159,9 +159,8 @@ def delete_face(identity_id: uuid.UUID, face_id: uuid.UUID, db: DB, state: State
         if key is None:
             raise not_found("face")
         record(db, caller, Actions.FACE_DELETE, "face", face_id, {"identity_id": str(identity_id)})
-        with state.gallery.writing():
-            db.commit()
-            state.gallery.removed([key])
+        db.commit()
+        state.follower.catch_up()
     except StaleDataError as exc:  # deleted by another request (or with its identity) meanwhile
         db.rollback()
         raise not_found("face") from exc

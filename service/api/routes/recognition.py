@@ -13,16 +13,8 @@ from service.api import schemas
 from service.api.auth import Identify
 from service.api.batching import RecognitionRequest, RecognitionResult
 from service.api.convert import detection_out
-from service.api.deps import (
-    DB,
-    IMAGE_SLOT_WAIT_S,
-    MinFaceSize,
-    State,
-    Times,
-    detect_faces,
-    image_slot,
-    read_image,
-)
+from service.api.deps import DB, MinFaceSize, State, Times, detect_faces, image_slot, read_image
+from service.api.disclosure import identify_limits, reads_gallery
 from service.api.errors import APIError, not_found
 from service.api.state import AppState
 from service.pipeline import StageTimes
@@ -38,12 +30,15 @@ ERRORS = schemas.error_responses(*schemas.AUTH_ERRORS, *schemas.BODY_ERRORS, 404
 def identify(
     state: State,
     times: Times,
-    _: Identify,
+    caller: Identify,
     image: Annotated[UploadFile | None, File()] = None,
     k: int = Query(default=5, ge=1, le=100),
     threshold: float | None = Query(default=None, ge=-1.0, le=1.0),
     min_face_size: MinFaceSize = None,
 ) -> schemas.IdentifyResponse:
+    """Faces in the photo and who they may be. A caller with only the `identify` scope gets matches at or
+    above the server's threshold only, at most 5 per face (service/api/disclosure.py)."""
+    k, floor = identify_limits(caller, k, threshold, state.threshold)
     if state.batcher is not None:
         found = _batched(state, times, image, k, min_face_size)
         faces, ranked = found.embedded, found.matches
@@ -55,6 +50,9 @@ def identify(
         with times.stage("search"):
             ranked = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
     cutoff = state.threshold if threshold is None else threshold
+    if floor is not None:
+        cutoff = floor
+        ranked = [[m for m in matches if m.score >= floor] for matches in ranked]
     results = []
     for face, matches in zip(faces, ranked, strict=True):
         best = matches[0] if matches and matches[0].score >= cutoff else None
@@ -84,7 +82,7 @@ def _batched(
 ) -> RecognitionResult:
     """Decode the upload here, then wait for its turn in a micro-batch (identify when top_k is given)."""
     assert state.batcher is not None
-    with state.batcher.admitted(IMAGE_SLOT_WAIT_S):
+    with state.batcher.admitted():
         with image_slot(state):
             picture, _data = read_image(image, state, times)
         return state.batcher.submit(RecognitionRequest(picture, top_k, min_face_size), times)
@@ -104,11 +102,13 @@ def verify(
     state: State,
     times: Times,
     db: DB,
-    _: Identify,
+    caller: Identify,
     image: Annotated[UploadFile | None, File()] = None,
     image2: Annotated[UploadFile | None, File()] = None,
     identity_id: Annotated[uuid.UUID | None, Form()] = None,
 ) -> schemas.VerifyResponse:
+    """Is it the same person? Against an enrolled identity, a caller with only the `identify` scope gets the
+    score only when it is a match (service/api/disclosure.py)."""
     if (identity_id is None) == (image2 is None):
         raise APIError(422, "bad_request", "send either identity_id or image2 beside image")
     with image_slot(state):
@@ -129,8 +129,10 @@ def verify(
             )
         gallery = np.stack([repo.from_bytes(f.embedding, f.dim) for f in faces])
         score = float((gallery @ probe).max())
+    match = score >= state.threshold
+    shown = match or image2 is not None or reads_gallery(caller)
     return schemas.VerifyResponse(
-        score=round(score, 5), match=score >= state.threshold, threshold=state.threshold
+        score=round(score, 5) if shown else None, match=match, threshold=state.threshold
     )
 
 

@@ -1,0 +1,208 @@
+"""The change log and its follower against real SQLite and PostgreSQL: every write that changes what a
+search returns is logged in its own transaction, and a follower's index ends equal to SQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import Engine, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.follower import ChangeFollower
+from service.gallery import Gallery
+from service.index import make_index
+from service.storage import (
+    changes,
+    integrity,
+    make_engine,
+    make_session_factory,
+    service_settings,
+    upgrade_to_head,
+)
+from service.storage import repository as repo
+from service.storage.tables import Change
+
+DIM = 8
+MODEL = "m@1"
+
+
+def _unit(seed: int) -> np.ndarray:
+    vector = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    url = (
+        f"sqlite:///{tmp_path / 'f.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("fresh_postgres_url")
+    )
+    engine = make_engine(url)
+    upgrade_to_head(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(engine)
+
+
+def _follower(sessions: sessionmaker[Session], model: str = MODEL) -> ChangeFollower:
+    follower = ChangeFollower(
+        Gallery(make_index(DIM), sessions, model), sessions, poll_s=0.05, retention_s=3600
+    )
+    follower.rebuild()
+    return follower
+
+
+def _person(sessions: sessionmaker[Session], name: str = "someone") -> uuid.UUID:
+    with sessions() as session:
+        identity = repo.create_identity(session, name=name)
+        session.commit()
+        return identity.id
+
+
+def _face(
+    sessions: sessionmaker[Session], identity: uuid.UUID, seed: int, model: str = MODEL
+) -> tuple[int, uuid.UUID]:
+    with sessions() as session:
+        face = repo.add_face(
+            session,
+            identity_id=identity,
+            embedding=_unit(seed),
+            model=model,
+            bbox=[0, 0, 1, 1],
+            det_score=1.0,
+            landmarks=None,
+            image_sha256=f"{seed:064d}",
+        )
+        session.commit()
+        return face.key, face.id
+
+
+def _kinds(sessions: sessionmaker[Session]) -> list[str]:
+    with sessions() as session:
+        return [c.kind for c in changes.after(session, position=0, limit=100)]
+
+
+def _in_step(follower: ChangeFollower) -> bool:
+    return follower.gallery.audit().in_step
+
+
+def test_each_committed_write_is_logged_once_and_a_rolled_back_one_not_at_all(
+    sessions: sessionmaker[Session],
+) -> None:
+    person = _person(sessions)
+    _, face_id = _face(sessions, person, 1)
+    with sessions() as session:
+        repo.delete_face(session, identity_id=person, face_id=face_id)
+        session.rollback()
+    second, _ = _face(sessions, person, 2)
+    with sessions() as session:
+        repo.delete_face(session, identity_id=person, face_id=face_id)
+        integrity.delete_faces(session, keys=[second])
+        service_settings.set_active_embedder(session, tag="other@2")
+        repo.delete_identity(session, identity_id=person)
+        session.commit()
+
+    assert _kinds(sessions) == [
+        "face.added",
+        "face.added",
+        "face.removed",
+        "face.removed",
+        "embedder.switched",
+        "identity.removed",
+    ]
+
+
+def test_a_follower_applies_other_processes_adds_and_removals_in_order(
+    sessions: sessionmaker[Session],
+) -> None:
+    follower = _follower(sessions)
+    ada, bob = _person(sessions, "ada"), _person(sessions, "bob")
+    key1, face1 = _face(sessions, ada, 1)
+    key2, _ = _face(sessions, ada, 2)
+    _face(sessions, bob, 3)
+    _face(sessions, bob, 4, model="other@1")  # another model's face never enters this index
+    with sessions() as session:
+        repo.delete_face(session, identity_id=ada, face_id=face1)
+        session.commit()
+
+    assert follower.catch_up() == 5
+    assert not follower.gallery.holds(key1) and follower.gallery.holds(key2)
+    assert len(follower.gallery.index) == 2 and _in_step(follower)
+    with sessions() as session:
+        repo.delete_identity(session, identity_id=bob)
+        session.commit()
+    follower.catch_up()
+    assert len(follower.gallery.index) == 1 and _in_step(follower)
+    assert follower.catch_up() == 0  # at the head: nothing more to do
+    assert follower.status().lag_s < 5
+
+
+def test_a_face_added_then_deleted_before_the_follower_looks_is_never_indexed(
+    sessions: sessionmaker[Session],
+) -> None:
+    follower = _follower(sessions)
+    person = _person(sessions)
+    key, face_id = _face(sessions, person, 1)
+    with sessions() as session:
+        repo.delete_face(session, identity_id=person, face_id=face_id)
+        session.commit()
+    follower.catch_up()
+    assert not follower.gallery.holds(key) and len(follower.gallery.index) == 0
+
+
+def test_applying_again_after_a_rebuild_changes_nothing(sessions: sessionmaker[Session]) -> None:
+    person = _person(sessions)
+    _face(sessions, person, 1)
+    follower = _follower(sessions)
+    follower.position = 0  # as if the rebuild had read the head before these commits
+    follower.catch_up()
+    assert len(follower.gallery.index) == 1 and _in_step(follower)
+
+
+def test_a_follower_whose_position_was_pruned_rebuilds_and_ends_equal_to_sql(
+    sessions: sessionmaker[Session],
+) -> None:
+    follower = _follower(sessions)
+    person = _person(sessions)
+    keys = [_face(sessions, person, seed)[0] for seed in range(5)]
+    with sessions() as session:
+        # Age every entry so that pruning deletes all but the newest, past this follower's position 0.
+        session.execute(update(Change).values(at=datetime.now(UTC) - timedelta(days=2)))
+        assert changes.prune(session, before=datetime.now(UTC) - timedelta(days=1)) == 4
+        session.commit()
+        assert changes.pruned_through(session) == changes.head(session) - 1
+    follower.catch_up()
+    assert all(follower.gallery.holds(key) for key in keys) and _in_step(follower)
+    with sessions() as session:
+        assert follower.position == changes.head(session)
+
+
+def test_an_entry_that_cannot_be_applied_is_reported_then_skipped_by_a_rebuild(
+    sessions: sessionmaker[Session],
+) -> None:
+    follower = _follower(sessions)
+    follower.start()
+    try:
+        with sessions() as session:
+            session.add(Change(kind="nonsense"))
+            session.commit()
+        person = _person(sessions)
+        key, _ = _face(sessions, person, 1)
+        deadline = datetime.now(UTC) + timedelta(seconds=20)
+        seen_error = None
+        while datetime.now(UTC) < deadline and not follower.gallery.holds(key):
+            seen_error = seen_error or follower.status().error
+        assert seen_error is not None and "unknown kind 'nonsense'" in seen_error
+        assert follower.gallery.holds(key) and _in_step(follower)
+    finally:
+        follower.close()
