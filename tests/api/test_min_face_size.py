@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from bench.group_photos import compose, face_crops
 from service.config import Settings
 from service.pipeline.factory import build_pipeline
+from tests._client import local_client
 from tests.conftest import LFW
 
 
@@ -66,7 +67,7 @@ def test_batched_requests_each_get_their_own_smallest_face(
     queries = ["", "?min_face_size=80", "?min_face_size=24"]
     alone = [len(_detect(client, group_photo_png, query)) for query in queries]
     batched_settings = settings.model_copy(update={"batch_max_wait_ms": 50.0, "batch_max_size": 4})
-    with TestClient(create_app(batched_settings)) as batched:
+    with local_client(create_app(batched_settings)) as batched:
         assert batched.app.state.facebank.batcher is not None  # type: ignore[attr-defined]
         with ThreadPoolExecutor(len(queries)) as pool:
             together = list(pool.map(lambda query: len(_detect(batched, group_photo_png, query)), queries))
