@@ -30,16 +30,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.export.onnx_export import EMBEDDER_MIN_COSINE, ParityReport, export_embedder_net
+from models.export.onnx_export import (
+    EMBEDDER_MIN_COSINE,
+    ParityReport,
+    WeightFileError,
+    export_embedder_net,
+    load_strictly,
+    read_weights,
+)
 from models.nets.edgeface import EMBEDDING_DIM, INPUT_SIZE, VARIANTS, EdgeFace
 
 # Manifest name → network variant: the one place that says which entries are EdgeFace networks.
@@ -50,10 +55,6 @@ _PACKED_DTYPE = "._packed_params.dtype"
 _QUANT_EXTRAS = (".scale", ".zero_point")
 
 
-class WeightFileError(ValueError):
-    """A weight file is not what its entry expects; the message names the file and the expectation."""
-
-
 def _expected(variant: str) -> str:
     network = f"EdgeFace-{variant.upper()}-Q"
     return f"an {network} state dict (timm edgenext, nn.Linear dynamically quantized to qint8)"
@@ -61,16 +62,7 @@ def _expected(variant: str) -> str:
 
 def read_quantized_state_dict(path: str | os.PathLike[str], variant: str) -> Mapping[str, object]:
     """The raw state dict of ``path`` (tensors, packed (int8 weight, bias) tuples and dtypes only)."""
-    try:
-        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightFileError(
-            f"{path}: not a readable PyTorch state dict ({reason}); expected {_expected(variant)}"
-        ) from exc
-    if not isinstance(loaded, Mapping):
-        raise WeightFileError(f"{path}: holds a {type(loaded).__name__}, expected {_expected(variant)}")
-    return loaded
+    return read_weights(path, _expected(variant))
 
 
 def dequantized_state_dict(
@@ -132,24 +124,7 @@ def load_edgeface(path: str | os.PathLike[str], variant: str) -> EdgeFace:
     """The fp32 EdgeFace network with ``path``'s dequantized weights, loaded strictly, in eval mode."""
     net = EdgeFace(variant)
     state = dequantized_state_dict(read_quantized_state_dict(path, variant), path, variant)
-    wanted = net.state_dict()
-    missing = sorted(set(wanted) - set(state))
-    unexpected = sorted(set(state) - set(wanted))
-    if missing or unexpected:
-        details = "; ".join(
-            f"{label} {len(keys)} keys, e.g. {', '.join(keys[:3])}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected))
-            if keys
-        )
-        raise WeightFileError(f"{path}: not {_expected(variant)}: {details}")
-    wrong = [
-        f"{key} {tuple(state[key].shape)} (expected {tuple(wanted[key].shape)})"
-        for key in wanted
-        if state[key].shape != wanted[key].shape
-    ]
-    if wrong:
-        raise WeightFileError(f"{path}: not {_expected(variant)}: shapes differ: {'; '.join(wrong[:3])}")
-    net.load_state_dict(state, strict=True)
+    load_strictly(net, state, path, _expected(variant))
     return net.eval()
 
 

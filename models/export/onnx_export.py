@@ -17,7 +17,9 @@ Usage::
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,27 +68,73 @@ class ParityReport:
         return f"{self.model}: max |torch - ort| {diffs}{cosine} on inputs {shapes}"
 
 
-def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read an upstream state dict onto the CPU (tensors only), unwrapping ``state_dict`` and ``module.``."""
-    loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if isinstance(loaded, Mapping) and "state_dict" in loaded:
-        loaded = loaded["state_dict"]
+class WeightFileError(ValueError):
+    """A weight file does not hold the network it should; the message names the file and what was expected."""
+
+
+def read_weights(path: str | os.PathLike[str], expected: str) -> Mapping[str, object]:
+    """The mapping a ``.pt``/``.pth`` file holds (tensors, and the tuples and dtypes of quantized layers),
+    read without running code from it; :class:`WeightFileError` when it is no readable state dict."""
+    try:
+        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightFileError(
+            f"{path}: not a readable PyTorch state dict ({reason}); expected {expected}"
+        ) from exc
     if not isinstance(loaded, Mapping):
-        raise TypeError(f"{path}: expected a state dict, got {type(loaded).__name__}")
-    return {key.removeprefix("module."): value for key, value in loaded.items()}
+        raise WeightFileError(f"{path}: holds a {type(loaded).__name__}, expected {expected}")
+    return loaded
+
+
+def load_strictly(
+    net: nn.Module, state: Mapping[str, torch.Tensor], path: str | os.PathLike[str], expected: str
+) -> None:
+    """``net.load_state_dict(state, strict=True)``, with a :class:`WeightFileError` that lists a few missing
+    and unexpected keys and wrong shapes instead of torch's wall of text."""
+    wanted = net.state_dict()
+    missing = sorted(set(wanted) - set(state))
+    unexpected = sorted(set(state) - set(wanted))
+    if missing or unexpected:
+        details = "; ".join(
+            f"{label} {len(keys)} keys, e.g. {', '.join(keys[:3])}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
+        )
+        raise WeightFileError(f"{path}: not {expected}: {details}")
+    wrong = [
+        f"{key} {tuple(state[key].shape)} (expected {tuple(wanted[key].shape)})"
+        for key in wanted
+        if state[key].shape != wanted[key].shape
+    ]
+    if wrong:
+        raise WeightFileError(f"{path}: not {expected}: shapes differ: {'; '.join(wrong[:3])}")
+    net.load_state_dict(state, strict=True)
+
+
+def load_state_dict(path: str | os.PathLike[str], expected: str = "a state dict") -> dict[str, torch.Tensor]:
+    """Read an upstream state dict onto the CPU (tensors only), unwrapping ``state_dict`` and ``module.``."""
+    loaded = read_weights(path, expected)
+    if "state_dict" in loaded and isinstance(loaded["state_dict"], Mapping):
+        loaded = loaded["state_dict"]
+    tensors = {str(key).removeprefix("module."): value for key, value in loaded.items()}
+    odd = [key for key, value in tensors.items() if not isinstance(value, torch.Tensor) or value.is_quantized]
+    if odd:
+        raise WeightFileError(f"{path}: {odd[0]} is not a plain tensor; expected {expected}")
+    return tensors  # type: ignore[return-value]
 
 
 def build_detector(state_dict_path: str | os.PathLike[str]) -> RetinaFace:
     """RetinaFace with the weights loaded strictly, in eval mode."""
-    net = RetinaFace()
-    net.load_state_dict(load_state_dict(state_dict_path), strict=True)
+    net, expected = RetinaFace(), "a RetinaFace-MobileNet-0.25 state dict"
+    load_strictly(net, load_state_dict(state_dict_path, expected), state_dict_path, expected)
     return net.eval()
 
 
 def build_embedder(state_dict_path: str | os.PathLike[str]) -> MobileFaceNet:
     """MobileFaceNet with the weights loaded strictly, in eval mode."""
-    net = MobileFaceNet()
-    net.load_state_dict(load_state_dict(state_dict_path), strict=True)
+    net, expected = MobileFaceNet(), "a MobileFaceNet state dict"
+    load_strictly(net, load_state_dict(state_dict_path, expected), state_dict_path, expected)
     return net.eval()
 
 
@@ -329,10 +377,13 @@ __all__ = [
     "INPUT_NAME",
     "ExportParityError",
     "ParityReport",
+    "WeightFileError",
     "build_detector",
     "build_embedder",
     "export_detector",
     "export_embedder",
     "export_embedder_net",
     "load_state_dict",
+    "load_strictly",
+    "read_weights",
 ]

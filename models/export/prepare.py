@@ -352,16 +352,16 @@ def _export(entry: ModelEntry, source: Path, onnx_path: Path) -> str:
         if exc.name and exc.name.split(".")[0] in {"torch", "onnx", "onnxruntime"}:
             raise ExportUnavailableError(f"{TRAIN_EXTRA_HINT} (missing module {exc.name!r})") from exc
         raise
-    if entry.kind == "detector":
-        return onnx_export.export_detector(source, onnx_path).summary()
     from models.export import edgeface
 
     variant = edgeface.EDGEFACE_MODELS.get(entry.name)
-    if variant is None:
-        return onnx_export.export_embedder(source, onnx_path).summary()
     try:
+        if entry.kind == "detector":
+            return onnx_export.export_detector(source, onnx_path).summary()
+        if variant is None:
+            return onnx_export.export_embedder(source, onnx_path).summary()
         return edgeface.export_edgeface(source, onnx_path, variant=variant).summary()
-    except edgeface.WeightFileError as exc:
+    except onnx_export.WeightFileError as exc:  # the file matched its pin but holds the wrong thing
         raise ModelSourceError(f"{entry.name}: {exc}") from exc
 
 

@@ -210,10 +210,13 @@ class Detector:
         if pad_to_common_shape and len(groups) > 1:
             groups = {tuple(max(dims) for dims in zip(*groups, strict=True)): list(range(len(jobs)))}
         results: list[list[DetectedFace]] = [[] for _ in jobs]
+        # Larger inputs (the second pass's, up to FINE_PASS_MAX_SIDE) go fewer to a call: at most the pixels
+        # of DETECT_BATCH 640 x 640 images, or a single image.
+        per_call = {shape: max(1, DETECT_BATCH * 640 * 640 // (shape[0] * shape[1])) for shape in groups}
         chunks = [
-            (shape, group[start : start + DETECT_BATCH])
+            (shape, group[start : start + min(DETECT_BATCH, per_call[shape])])
             for shape, group in groups.items()
-            for start in range(0, len(group), DETECT_BATCH)
+            for start in range(0, len(group), min(DETECT_BATCH, per_call[shape]))
         ]
         for (height, width), rows in chunks:
             batch = np.zeros((len(rows), 3, height, width), np.float32)

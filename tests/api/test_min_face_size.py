@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from bench.group_photos import compose, face_crops
 from service.config import Settings
 from service.pipeline.factory import build_pipeline
+from tests._client import local_client
 from tests.conftest import LFW
 
 
@@ -53,3 +54,21 @@ def test_bad_min_face_size_is_a_422_naming_the_parameter(
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["code"] == "validation_error" and "min_face_size" in error["message"]
+
+
+def test_batched_requests_each_get_their_own_smallest_face(
+    client: TestClient, group_photo_png: bytes
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.api import create_app
+
+    settings: Settings = client.app.state.facebank.settings  # type: ignore[attr-defined]
+    queries = ["", "?min_face_size=80", "?min_face_size=24"]
+    alone = [len(_detect(client, group_photo_png, query)) for query in queries]
+    batched_settings = settings.model_copy(update={"batch_max_wait_ms": 50.0, "batch_max_size": 4})
+    with local_client(create_app(batched_settings)) as batched:
+        assert batched.app.state.facebank.batcher is not None  # type: ignore[attr-defined]
+        with ThreadPoolExecutor(len(queries)) as pool:
+            together = list(pool.map(lambda query: len(_detect(batched, group_photo_png, query)), queries))
+    assert together == alone and alone[0] >= 22 and alone[1] == 0

@@ -198,3 +198,32 @@ def test_prepare_only_some_models_leaves_the_non_commercial_ones_out(
     # An unknown name is a usage error naming the known ones, not a traceback.
     assert main([*common, "--only", "edgeface-xl"]) == 2
     assert "unknown model(s) edgeface-xl; known: retinaface-mnet025, mobilefacenet" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize(
+    ("file_name", "why"),
+    [
+        # a quantized layer is no plain tensor
+        ("edgeface_xxs_q.pt", "is not a plain tensor; expected a MobileFaceNet state dict"),
+        # plain tensors, another network's keys
+        ("retinaface-mobilenet0.25.pth", "not a MobileFaceNet state dict: missing "),
+    ],
+)
+def test_mobilefacenet_pinned_to_another_networks_file_is_refused_the_same_way(
+    tmp_path: Path, file_name: str, why: str
+) -> None:
+    require_shared()
+    other = SHARED_MODELS / file_name
+    entry = replace(
+        load_manifest(PROJECT_MANIFEST).get("mobilefacenet"),
+        source_file=other.name,
+        source_sha256=sha256_file(other),
+    )
+    (tmp_path / "project").mkdir()
+    manifest = write_manifest(Manifest(models=(entry,)), tmp_path / "project" / "manifest.toml")
+    model_dir = tmp_path / "models"
+    with pytest.raises(ModelSourceError) as raised:
+        prepare_models(model_dir=model_dir, source_dir=SHARED_MODELS, manifest_path=manifest, progress=print)
+    assert str(raised.value).startswith(f"mobilefacenet: {other}: ") and why in str(raised.value)
+    assert list(model_dir.iterdir()) == []  # nothing written

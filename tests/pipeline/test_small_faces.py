@@ -87,3 +87,30 @@ def test_batched_requests_each_get_their_own_smallest_face(
     for got, expected in zip(batched, alone, strict=True):
         assert len(got) == len(expected)
         np.testing.assert_allclose(_boxes(got), _boxes(expected), atol=1e-3)
+
+
+class _ShapeRecorder:
+    """The real ONNX session, recording each call's input shape."""
+
+    def __init__(self, session: object) -> None:
+        self._session = session
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.shapes.append(feed["input"].shape)
+        return self._session.run(output_names, feed)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_large_second_passes_are_split_across_calls(
+    model_dir: Path, pipeline: FacePipeline, group_photo: GroupPhoto
+) -> None:
+    from service.pipeline import Detector
+
+    models = build_pipeline(Settings(model_dir=model_dir))[1]
+    recorder = _ShapeRecorder(models.detector_session)
+    detector = Detector(recorder, models.detector_config)
+    found = detector.detect_many([group_photo.image] * 3, find_down_to=32)
+    # The three shrunk photos share one call; each 2000 x 1250 second pass (the pixels of ~6 inputs of
+    # 640 x 640) gets its own.
+    assert recorder.shapes == [(3, 3, 400, 640), (1, 3, 1250, 2000), (1, 3, 1250, 2000), (1, 3, 1250, 2000)]
+    assert [len(faces) for faces in found] == [len(pipeline.detect(group_photo.image))] * 3
