@@ -63,7 +63,7 @@ class ChangeFollower:
         self._poll_s, self._retention_s = poll_s, retention_s
         # Waits up to the given seconds for a NOTIFY; True when one came (PostgreSQL), else polling only.
         self._listen = listen
-        self._on_switch = on_switch
+        self.on_switch = on_switch
         self._apply_lock = threading.RLock()
         self.position = 0
         self._at_head_since = time.monotonic()
@@ -133,18 +133,19 @@ class ChangeFollower:
                 self.position = change.id
 
     def _switch(self, tag: str) -> None:
-        if self._on_switch is None:
+        if self.on_switch is None:
             self.switch_problem = f"the active embedder is now {tag}; this process cannot switch: restart it"
             return
+        with self._sessions() as session:
+            head = changes.head(session)  # read before the new index's rebuild: what follows is applied again
         try:
-            self.gallery = self._on_switch(tag)
+            self.gallery = self.on_switch(tag)
         except Exception as exc:  # reported on /readyz; this process keeps serving its current model
             self.switch_problem = f"cannot switch to the active embedder {tag}: {exc}"
             log.error("%s", self.switch_problem)
             return
         self.switch_problem = None
-        with self._sessions() as session:
-            self.position = max(self.position, changes.head(session))
+        self.position = max(self.position, head)
         log.info("switched to the active embedder %s", tag)
 
     def audit(self, attempts: int = 3) -> IndexAudit:
@@ -169,6 +170,8 @@ class ChangeFollower:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if (close_listener := getattr(self._listen, "close", None)) is not None:
+            close_listener()  # the LISTEN connection (PostgreSQL)
 
     def _run(self) -> None:
         failures = 0

@@ -8,7 +8,8 @@ faces that were really re-embedded with B are found by B, and A's are not.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,7 @@ def test_switching_models_keeps_them_apart_until_re_ingested_then_prunes_the_old
     assert facebank(["ingest", str(gallery)]) == 0
     assert _faces_by_model(database_url) == {A_TAG: n}
     with local_client(create_app(Settings())) as client:
-        assert client.app.state.facebank.embedder_tag == A_TAG  # type: ignore[attr-defined]
+        assert client.app.state.facebank.serving.embedder_tag == A_TAG  # type: ignore[attr-defined]
         assert _identify(client, probe) == person
     capsys.readouterr()
 
@@ -117,7 +118,7 @@ def test_switching_models_keeps_them_apart_until_re_ingested_then_prunes_the_old
     # 3. A server started now runs B; A's faces stay out of its index and are counted, not searched.
     with local_client(create_app(Settings())) as client:
         state = client.app.state.facebank  # type: ignore[attr-defined]
-        assert state.embedder_tag == FLIPPED_TAG and len(state.gallery.index) == 0
+        assert state.serving.embedder_tag == FLIPPED_TAG and len(state.serving.gallery.index) == 0
         assert _identify(client, probe) is None
         ready = client.get("/readyz").json()
         assert ready["status"] == "ready"
@@ -136,7 +137,7 @@ def test_switching_models_keeps_them_apart_until_re_ingested_then_prunes_the_old
     assert f"ingested {n}; skipped 0" in capsys.readouterr().err
     assert _faces_by_model(database_url) == {A_TAG: n, FLIPPED_TAG: n}
     with local_client(create_app(Settings())) as client:
-        assert len(client.app.state.facebank.gallery.index) == n  # type: ignore[attr-defined]
+        assert len(client.app.state.facebank.serving.gallery.index) == n  # type: ignore[attr-defined]
         assert _identify(client, probe) == person  # B's vectors really are B's: found by a B query
 
     # 6. Prune: never the active model; asks first; then A's rows are gone and the deletion is audited.
@@ -185,7 +186,7 @@ def test_an_explicit_conflicting_embedder_refuses_to_start_naming_both_and_the_f
 
     # Unset: the database's choice wins.
     with local_client(create_app(Settings())) as client:
-        assert client.app.state.facebank.embedder_tag == FLIPPED_TAG  # type: ignore[attr-defined]
+        assert client.app.state.facebank.serving.embedder_tag == FLIPPED_TAG  # type: ignore[attr-defined]
 
     # Set explicitly to something else: the app, `serve`, `ingest` and the doctor all refuse, saying why.
     monkeypatch.setenv("FACEBANK_EMBEDDER", "mobilefacenet")
@@ -204,7 +205,7 @@ def test_an_explicit_conflicting_embedder_refuses_to_start_naming_both_and_the_f
     # Set explicitly to the database's choice: fine.
     monkeypatch.setenv("FACEBANK_EMBEDDER", FLIPPED)
     with local_client(create_app(Settings())) as client:
-        assert client.app.state.facebank.embedder_tag == FLIPPED_TAG  # type: ignore[attr-defined]
+        assert client.app.state.facebank.serving.embedder_tag == FLIPPED_TAG  # type: ignore[attr-defined]
 
 
 def test_a_fresh_database_is_seeded_by_the_configured_embedder_once(
@@ -243,31 +244,58 @@ def test_models_use_refuses_what_is_not_a_usable_prepared_embedder(
     engine.dispose()
 
 
-def test_a_running_server_reports_it_needs_a_restart_but_stays_ready_after_a_switch(
-    environment: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with local_client(create_app(Settings())) as client:
-        assert client.get("/readyz").json()["checks"]["restart_needed"] is False
-        assert facebank(["models", "use", FLIPPED]) == 0
-        assert "restart them" in capsys.readouterr().out
-        response = client.get("/readyz")
-        # Every server on the database sees the switch at once: unready would stop all identify traffic.
-        assert response.status_code == 200
-        checks = response.json()["checks"]
-        assert checks["embedder"] == A_TAG
-        assert checks["embedder_active"] is False and checks["restart_needed"] is True
+def _until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)
 
 
-def test_a_server_left_on_the_old_model_refuses_to_enroll_after_a_switch(
+def test_a_running_server_switches_to_the_new_embedder_in_step(
     environment: str, gallery: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     photo = sorted(next(iter(sorted(gallery.iterdir()))).glob("*.jpg"))[0]
     with local_client(create_app(Settings())) as client:
+        assert client.get("/readyz").json()["checks"]["embedder"] == A_TAG
+        assert facebank(["models", "use", FLIPPED]) == 0
+        assert "switch to it as they follow the change log" in capsys.readouterr().out
+        # The server follows the change log: it loads B and rebuilds B's index, without a restart.
+        _until(lambda: client.get("/readyz").json()["checks"]["embedder"] == FLIPPED_TAG)
+        response = client.get("/readyz")
+        assert response.status_code == 200
+        checks = response.json()["checks"]
+        assert checks["embedder_active"] is True and checks["restart_needed"] is False
+        assert checks["changes"]["switch_problem"] is None
+        # It now embeds with B: identify answers under B, and a face enrolled now is stored under B.
+        identity = client.post("/v1/identities", json={"name": "After Switch"}).json()["id"]
+        enroll = {"image": (photo.name, photo.read_bytes(), "image/jpeg")}
+        assert client.post(f"/v1/identities/{identity}/faces", files=enroll).status_code == 201
+        assert client.post("/v1/identify", files=enroll).json()["model"] == FLIPPED_TAG
+    assert _faces_by_model(environment) == {FLIPPED_TAG: 1}
+
+
+def test_a_server_that_cannot_load_the_new_embedder_says_why_and_refuses_to_enroll(
+    environment: str, gallery: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its model folder lacks B: it keeps serving A, stays ready, reports the problem, and stores nothing
+    under a model nobody searches any more."""
+    photo = sorted(next(iter(sorted(gallery.iterdir()))).glob("*.jpg"))[0]
+    with local_client(create_app(Settings(model_dir=model_dir))) as client:
         identity = client.post("/v1/identities", json={"name": "Before Switch"}).json()["id"]
         enroll = {"image": (photo.name, photo.read_bytes(), "image/jpeg")}
         assert client.post(f"/v1/identities/{identity}/faces", files=enroll).status_code == 201
         assert facebank(["models", "use", FLIPPED]) == 0
         capsys.readouterr()
+        _until(lambda: client.get("/readyz").json()["checks"]["changes"]["switch_problem"] is not None)
+        response = client.get("/readyz")
+        # Unready would take every server on the database out at once: it stays ready on its old model.
+        assert response.status_code == 200
+        checks = response.json()["checks"]
+        assert checks["embedder"] == A_TAG and checks["restart_needed"] is True
+        assert (
+            FLIPPED_TAG in checks["changes"]["switch_problem"]
+            and "not prepared" in checks["changes"]["switch_problem"]
+        )
         response = client.post(f"/v1/identities/{identity}/faces", files=enroll)
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "embedder_switched"

@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from service import __version__
-from service.active_model import resolve_embedder
+from service.active_model import available_name, resolve_embedder
 from service.api.access import HostPolicy, TrustedHostMiddleware
 from service.api.admission import Admission
 from service.api.auth import AuthMiddleware
@@ -22,7 +22,7 @@ from service.api.limits import BodyLimitMiddleware, keep_uploads_in_memory
 from service.api.memory import unmap_large_blocks
 from service.api.metrics import install_metrics
 from service.api.routes import admin, health, identities, recognition
-from service.api.state import AppState
+from service.api.state import AppState, Serving
 from service.config import Settings
 from service.follower import ChangeFollower
 from service.gallery import Gallery
@@ -91,20 +91,41 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
     audit = gallery.audit(since_rebuild=True)
     if not audit.in_step:
         log.warning("index differs from SQL after the start-up rebuild: %s", audit)
-    follower.start()
-    return AppState(
+    state = AppState(
         settings=settings,
         engine=engine,
         sessions=sessions,
-        pipeline=pipeline,
-        gallery=gallery,
+        serving=Serving.of(settings, pipeline, gallery, models.embedder_config.threshold),
         follower=follower,
         detector_tag=models.detector_tag,
-        embedder_tag=models.embedder_tag,
-        threshold=models.embedder_config.threshold,
         open_without_keys=loopback,
         image_slots=Admission(max(2, os.cpu_count() or 2), queue=settings.image_queue),
     )
+    follower.on_switch = lambda tag: _switch_embedder(state, tag)
+    follower.start()
+    return state
+
+
+def _switch_embedder(state: AppState, tag: str) -> Gallery:
+    """After `facebank models use`: load `tag`'s models, rebuild its index from SQL, then serve with them.
+    Raises (and nothing changes) when this host cannot, e.g. the model is not prepared in its model folder."""
+    settings = state.settings.model_copy(update={"embedder": available_name(state.settings, tag)})
+    pipeline, models = build_pipeline(settings)
+    index = make_index(
+        models.embedder_config.dim,
+        device=settings.device,
+        search_threads=settings.search_threads,
+        fp16=settings.index_fp16,
+    )
+    gallery = Gallery(index, state.sessions, models.embedder_tag)
+    gallery.rebuild()
+    previous, state.serving = (
+        state.serving,
+        Serving.of(settings, pipeline, gallery, models.embedder_config.threshold),
+    )
+    previous.close()  # lets its queued batched requests finish; new ones take the new serving
+    log.info("now serving with %s (%d faces)", models.embedder_tag, len(index))
+    return gallery
 
 
 def create_app(settings: Settings | None = None, *, models: LoadedModels | None = None) -> FastAPI:

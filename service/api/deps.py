@@ -11,7 +11,7 @@ from PIL import Image
 from sqlalchemy.orm import Session
 
 from service.api.errors import APIError
-from service.api.state import AppState
+from service.api.state import AppState, Serving
 from service.pipeline import ImageDecodeError, StageTimes, decode_image
 from service.pipeline.face_policy import check_face_limit
 from service.schemas import DetectedFace
@@ -80,14 +80,23 @@ def read_image(
         raise APIError(status, exc.code, f"{field}: {exc.message}") from exc
 
 
+def get_serving(state: State) -> Serving:
+    """The embedder, index and threshold this request is served with, taken once."""
+    return state.serving
+
+
+Served = Annotated[Serving, Depends(get_serving)]
+
+
 def detect_faces(
     state: AppState,
+    serving: Serving,
     picture: Image.Image,
     times: StageTimes,
     field: str = "image",
     min_face_size: float | None = None,
 ) -> list[DetectedFace]:
     """Faces in the picture, refusing a photo with more than the configured maximum (422 too_many_faces)."""
-    faces = state.pipeline.detect(picture, times, min_face_size)
+    faces = serving.pipeline.detect(picture, times, min_face_size)
     check_face_limit(faces, state.settings.max_faces, field)
     return faces

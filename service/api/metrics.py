@@ -50,7 +50,7 @@ class BatchCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         state = getattr(self._app.state, "facebank", None)
-        batcher = getattr(state, "batcher", None)
+        batcher = state.serving.batcher if state is not None else None
         if batcher is None:
             return
         stats = batcher.stats()

@@ -130,7 +130,8 @@ def _models_use(args: argparse.Namespace, settings: Settings) -> int:
         for model in others:
             print(f"  facebank models prune --model {model}    # delete those faces for good")
     print(
-        "running servers go on with the model they loaded (their /readyz says restart_needed): restart them"
+        "running servers switch to it as they follow the change log; one that cannot (the model is not "
+        "prepared on its host) keeps its model and says why on /readyz (changes.switch_problem)"
     )
     if embedder_set_explicitly(settings) and settings.embedder != entry.name:
         print(

@@ -85,7 +85,7 @@ def gallery(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Galler
     settings = Settings(data_dir=data_dir, model_dir=model_dir, max_faces=MAX_FACES, batch_max_wait_ms=0.0)
     probes = _probes()
     with local_client(create_app(settings)) as client:
-        assert client.app.state.facebank.batcher is None, "0 ms keeps the direct path"  # type: ignore[attr-defined]
+        assert client.app.state.facebank.serving.batcher is None, "0 ms keeps the direct path"  # type: ignore[attr-defined]
         for name in ENROLLED:
             identity = client.post("/v1/identities", json={"name": name}).json()
             enrolled = client.post(
@@ -161,13 +161,13 @@ def test_concurrent_identify_requests_are_batched_and_answer_as_one_at_a_time(
     gallery: Gallery, batched: TestClient
 ) -> None:
     keys = list(gallery.probes)
-    before = batched.app.state.facebank.batcher.stats()  # type: ignore[attr-defined]
+    before = batched.app.state.facebank.serving.batcher.stats()  # type: ignore[attr-defined]
     responses = _all_at_once(lambda key: batched.post("/v1/identify", files=_file(gallery.probes[key])), keys)
     for key, response in responses.items():
         _assert_same_faces(gallery.direct[key], _ok(response))
         timing = response.headers["Server-Timing"]
         assert all(f"{stage};dur=" in timing for stage in ("decode", "queue", "detect", "embed", "search"))
-    after = batched.app.state.facebank.batcher.stats()  # type: ignore[attr-defined]
+    after = batched.app.state.facebank.serving.batcher.stats()  # type: ignore[attr-defined]
     assert after.items - before.items == len(keys)
     assert after.largest > 1, f"no batch of more than one request formed: {dict(after.sizes)}"
 
@@ -221,7 +221,11 @@ def recognition(gallery: Gallery) -> Iterator[Callable[..., RecognitionBatcher]]
     def make(max_size: int = 3, max_wait_s: float = FOREVER_S) -> RecognitionBatcher:
         made.append(
             RecognitionBatcher(
-                state.pipeline, state.gallery, max_faces=MAX_FACES, max_size=max_size, max_wait_s=max_wait_s
+                state.serving.pipeline,
+                state.serving.gallery,
+                max_faces=MAX_FACES,
+                max_size=max_size,
+                max_wait_s=max_wait_s,
             )
         )
         return made[-1]
@@ -291,8 +295,8 @@ class ChokesOnMarkedPictures(FacePipeline):
 
 def _direct(state: AppState, picture: Image.Image, k: int) -> RecognitionResult:
     """What the unbatched /v1/identify computes for one picture (service/api/routes/recognition.py)."""
-    faces = state.pipeline.embed_faces(picture, state.pipeline.detect(picture))
-    matches = state.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
+    faces = state.serving.pipeline.embed_faces(picture, state.serving.pipeline.detect(picture))
+    matches = state.serving.gallery.identify(np.stack([f.embedding for f in faces]), k) if faces else []
     return RecognitionResult(faces=[f.face for f in faces], embedded=faces, matches=matches)
 
 
@@ -300,10 +304,10 @@ def test_a_picture_the_aligner_chokes_on_fails_alone_and_the_rest_of_its_batch_a
     gallery: Gallery,
 ) -> None:
     state = build_state(gallery.settings)
-    real = state.pipeline
+    real = state.serving.pipeline
     choking = ChokesOnMarkedPictures(real.detector, real.embedder, real.limits)
     batcher = RecognitionBatcher(
-        choking, state.gallery, max_faces=MAX_FACES, max_size=4, max_wait_s=FOREVER_S
+        choking, state.serving.gallery, max_faces=MAX_FACES, max_size=4, max_wait_s=FOREVER_S
     )
     marked = _lfw("Serena_Williams", 4)
     marked.info["degenerate"] = True
@@ -370,8 +374,8 @@ def test_app_state_close_closes_the_batcher_and_the_app_lifespan_leaves_no_threa
         assert time.monotonic() < deadline, f"threads left: {set(threading.enumerate()) - threads_before}"
         time.sleep(0.05)
     state = build_state(settings)
-    assert state.batcher is not None
+    assert state.serving.batcher is not None
     state.close()
     with pytest.raises(APIError) as refused:
-        state.batcher.submit(RecognitionRequest(_lfw("Tony_Blair", 6), 1), StageTimes())
+        state.serving.batcher.submit(RecognitionRequest(_lfw("Tony_Blair", 6), 1), StageTimes())
     assert refused.value.code == "shutting_down"

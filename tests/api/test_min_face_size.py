@@ -68,7 +68,7 @@ def test_batched_requests_each_get_their_own_smallest_face(
     alone = [len(_detect(client, group_photo_png, query)) for query in queries]
     batched_settings = settings.model_copy(update={"batch_max_wait_ms": 50.0, "batch_max_size": 4})
     with local_client(create_app(batched_settings)) as batched:
-        assert batched.app.state.facebank.batcher is not None  # type: ignore[attr-defined]
+        assert batched.app.state.facebank.serving.batcher is not None  # type: ignore[attr-defined]
         with ThreadPoolExecutor(len(queries)) as pool:
             together = list(pool.map(lambda query: len(_detect(batched, group_photo_png, query)), queries))
     assert together == alone and alone[0] >= 22 and alone[1] == 0

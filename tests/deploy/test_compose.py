@@ -415,7 +415,7 @@ settings = Settings(database_url=sys.argv[1], model_dir=sys.argv[2], data_dir=sy
 print("ready", flush=True)
 sys.stdin.readline()
 state = build_state(settings)
-print(len(state.gallery.index), flush=True)
+print(len(state.serving.gallery.index), flush=True)
 state.engine.dispose()
 """
 

@@ -55,7 +55,7 @@ def client(database_url: str, model_dir: Path, tmp_path: Path) -> Iterator[TestC
 def test_an_identity_deleted_while_its_photo_is_processed_gets_404_and_no_face(client: TestClient) -> None:
     state: Any = client.app.state.facebank  # type: ignore[attr-defined]
     identity = client.post("/v1/identities", json={"name": "vanishing"}).json()["id"]
-    embed = state.pipeline.embed_faces
+    embed = state.serving.pipeline.embed_faces
 
     def embed_then_lose_the_identity(*args: Any, **kwargs: Any) -> Any:
         # Another process (or replica) deletes the person while the networks run.
@@ -64,13 +64,13 @@ def test_an_identity_deleted_while_its_photo_is_processed_gets_404_and_no_face(c
             session.commit()
         return embed(*args, **kwargs)
 
-    state.pipeline.embed_faces = embed_then_lose_the_identity
+    state.serving.pipeline.embed_faces = embed_then_lose_the_identity
     try:
         response = client.post(
             f"/v1/identities/{identity}/faces", files={"image": ("f.jpg", FACE.read_bytes())}
         )
     finally:
-        state.pipeline.embed_faces = embed
+        state.serving.pipeline.embed_faces = embed
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     report = client.get("/v1/admin/index").json()
     assert report["in_step"] and report["sql_faces"] == 0

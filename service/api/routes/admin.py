@@ -93,13 +93,13 @@ def _index_report(state: AppState) -> schemas.IndexReport:
     with state.sessions() as session:
         models = repo.models_in_use(session)
     return schemas.IndexReport(
-        model=state.embedder_tag,
+        model=state.serving.embedder_tag,
         sql_faces=audit.sql_faces,
         index_faces=audit.index_faces,
         missing_from_index=audit.missing_from_index,
         stale_in_index=audit.stale_in_index,
         in_step=audit.in_step,
-        other_models={m: n for m, n in models.items() if m != state.embedder_tag},
+        other_models={m: n for m, n in models.items() if m != state.serving.embedder_tag},
     )
 
 
@@ -113,6 +113,6 @@ def check_index(state: State, _: Admin) -> schemas.IndexReport:
 def rebuild_index(state: State, db: DB, caller: Admin) -> schemas.IndexReport:
     """Reload the in-memory index from SQL (what a restart does), then report as GET does."""
     faces = state.follower.rebuild()
-    record(db, caller, Actions.INDEX_REBUILD, "index", state.embedder_tag, {"faces": faces})
+    record(db, caller, Actions.INDEX_REBUILD, "index", state.serving.embedder_tag, {"faces": faces})
     db.commit()
     return _index_report(state)

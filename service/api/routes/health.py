@@ -40,6 +40,7 @@ def _readiness(state: AppState) -> JSONResponse:
     does not make it unready: after `facebank models use` every server would fail at once, while each can
     still answer from its own model's faces. Faces of other models are counted, never in the index."""
     checks: dict[str, object] = {"models": True}
+    serving = state.serving
     following = state.follower.status()
     checks["changes"] = {
         "position": following.position,
@@ -50,14 +51,14 @@ def _readiness(state: AppState) -> JSONResponse:
     }
     try:
         with state.sessions() as session:
-            sql_faces = repo.count_faces(session, model=state.embedder_tag)
+            sql_faces = repo.count_faces(session, model=serving.embedder_tag)
             all_faces = repo.count_faces(session)
-            switched_to = service_settings.switched_away_from(session, state.embedder_tag)
+            switched_to = service_settings.switched_away_from(session, serving.embedder_tag)
         checks["database"] = True
-        checks["index_in_step"] = sql_faces == len(state.gallery.index)
+        checks["index_in_step"] = sql_faces == len(serving.gallery.index)
         checks["faces"] = sql_faces
-        checks["index_faces"] = len(state.gallery.index)
-        checks["embedder"] = state.embedder_tag
+        checks["index_faces"] = len(serving.gallery.index)
+        checks["embedder"] = serving.embedder_tag
         checks["embedder_active"] = switched_to is None
         checks["restart_needed"] = switched_to is not None
         checks["other_model_faces"] = all_faces - sql_faces

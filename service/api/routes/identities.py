@@ -14,7 +14,7 @@ from service import enrolment
 from service.api import schemas
 from service.api.auth import Enroll
 from service.api.convert import face_out, identity_out
-from service.api.deps import DB, State, Times, image_slot, read_image
+from service.api.deps import DB, Served, State, Times, image_slot, read_image
 from service.api.errors import APIError, not_found
 from service.pipeline.face_policy import FacePolicy, choose_face, parse_box
 from service.security import Actions, record
@@ -119,6 +119,7 @@ def enroll_face(
     identity_id: uuid.UUID,
     db: DB,
     state: State,
+    serving: Served,
     times: Times,
     caller: Enroll,
     image: Annotated[UploadFile | None, File()] = None,
@@ -135,16 +136,16 @@ def enroll_face(
     with image_slot(state):
         picture, data = read_image(image, state, times)
         chosen = choose_face(
-            state.pipeline.detect(picture, times),
+            serving.pipeline.detect(picture, times),
             face_policy,
             limit=state.settings.max_faces,
             box=wanted,
         )
-        (embedded,) = state.pipeline.embed_faces(picture, [chosen], times)
+        (embedded,) = serving.pipeline.embed_faces(picture, [chosen], times)
     try:
         with (
             times.stage("store"),
-            enrolment.begin(db, model=state.embedder_tag, actor=caller, follower=state.follower) as unit,
+            enrolment.begin(db, model=serving.embedder_tag, actor=caller, follower=state.follower) as unit,
         ):
             face = unit.add_face(
                 identity_id, chosen, embedded.embedding, image_sha256=hashlib.sha256(data).hexdigest()
