@@ -3,14 +3,12 @@ search returns is logged in its own transaction, and a follower's index ends equ
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import numpy as np
 import pytest
-from sqlalchemy import Engine, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.follower import ChangeFollower
@@ -19,39 +17,16 @@ from service.index import make_index
 from service.storage import (
     changes,
     integrity,
-    make_engine,
-    make_session_factory,
     service_settings,
-    upgrade_to_head,
 )
 from service.storage import repository as repo
 from service.storage.tables import Change
-
-DIM = 8
-MODEL = "m@1"
-
-
-def _unit(seed: int) -> np.ndarray:
-    vector = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-    return vector / np.linalg.norm(vector)
+from tests._stored import DIM, MODEL, migrated_sessions, new_person, store_face
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = (
-        f"sqlite:///{tmp_path / 'f.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("fresh_postgres_url")
-    )
-    engine = make_engine(url)
-    upgrade_to_head(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return make_session_factory(engine)
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    yield from migrated_sessions(request, f"sqlite:///{tmp_path / 'f.db'}")
 
 
 def _follower(sessions: sessionmaker[Session], model: str = MODEL) -> ChangeFollower:
@@ -60,31 +35,6 @@ def _follower(sessions: sessionmaker[Session], model: str = MODEL) -> ChangeFoll
     )
     follower.rebuild()
     return follower
-
-
-def _person(sessions: sessionmaker[Session], name: str = "someone") -> uuid.UUID:
-    with sessions() as session:
-        identity = repo.create_identity(session, name=name)
-        session.commit()
-        return identity.id
-
-
-def _face(
-    sessions: sessionmaker[Session], identity: uuid.UUID, seed: int, model: str = MODEL
-) -> tuple[int, uuid.UUID]:
-    with sessions() as session:
-        face = repo.add_face(
-            session,
-            identity_id=identity,
-            embedding=_unit(seed),
-            model=model,
-            bbox=[0, 0, 1, 1],
-            det_score=1.0,
-            landmarks=None,
-            image_sha256=f"{seed:064d}",
-        )
-        session.commit()
-        return face.key, face.id
 
 
 def _kinds(sessions: sessionmaker[Session]) -> list[str]:
@@ -99,12 +49,12 @@ def _in_step(follower: ChangeFollower) -> bool:
 def test_each_committed_write_is_logged_once_and_a_rolled_back_one_not_at_all(
     sessions: sessionmaker[Session],
 ) -> None:
-    person = _person(sessions)
-    _, face_id = _face(sessions, person, 1)
+    person = new_person(sessions)
+    _, face_id = store_face(sessions, person, 1)
     with sessions() as session:
         repo.delete_face(session, identity_id=person, face_id=face_id)
         session.rollback()
-    second, _ = _face(sessions, person, 2)
+    second, _ = store_face(sessions, person, 2)
     with sessions() as session:
         repo.delete_face(session, identity_id=person, face_id=face_id)
         integrity.delete_faces(session, keys=[second])
@@ -126,11 +76,11 @@ def test_a_follower_applies_other_processes_adds_and_removals_in_order(
     sessions: sessionmaker[Session],
 ) -> None:
     follower = _follower(sessions)
-    ada, bob = _person(sessions, "ada"), _person(sessions, "bob")
-    key1, face1 = _face(sessions, ada, 1)
-    key2, _ = _face(sessions, ada, 2)
-    _face(sessions, bob, 3)
-    _face(sessions, bob, 4, model="other@1")  # another model's face never enters this index
+    ada, bob = new_person(sessions, "ada"), new_person(sessions, "bob")
+    key1, face1 = store_face(sessions, ada, 1)
+    key2, _ = store_face(sessions, ada, 2)
+    store_face(sessions, bob, 3)
+    store_face(sessions, bob, 4, model="other@1")  # another model's face never enters this index
     with sessions() as session:
         repo.delete_face(session, identity_id=ada, face_id=face1)
         session.commit()
@@ -151,8 +101,8 @@ def test_a_face_added_then_deleted_before_the_follower_looks_is_never_indexed(
     sessions: sessionmaker[Session],
 ) -> None:
     follower = _follower(sessions)
-    person = _person(sessions)
-    key, face_id = _face(sessions, person, 1)
+    person = new_person(sessions)
+    key, face_id = store_face(sessions, person, 1)
     with sessions() as session:
         repo.delete_face(session, identity_id=person, face_id=face_id)
         session.commit()
@@ -161,8 +111,8 @@ def test_a_face_added_then_deleted_before_the_follower_looks_is_never_indexed(
 
 
 def test_applying_again_after_a_rebuild_changes_nothing(sessions: sessionmaker[Session]) -> None:
-    person = _person(sessions)
-    _face(sessions, person, 1)
+    person = new_person(sessions)
+    store_face(sessions, person, 1)
     follower = _follower(sessions)
     follower.position = 0  # as if the rebuild had read the head before these commits
     follower.catch_up()
@@ -173,8 +123,8 @@ def test_a_follower_whose_position_was_pruned_rebuilds_and_ends_equal_to_sql(
     sessions: sessionmaker[Session],
 ) -> None:
     follower = _follower(sessions)
-    person = _person(sessions)
-    keys = [_face(sessions, person, seed)[0] for seed in range(5)]
+    person = new_person(sessions)
+    keys = [store_face(sessions, person, seed)[0] for seed in range(5)]
     with sessions() as session:
         # Age every entry so that pruning deletes all but the newest, past this follower's position 0.
         session.execute(update(Change).values(at=datetime.now(UTC) - timedelta(days=2)))
@@ -196,8 +146,8 @@ def test_an_entry_that_cannot_be_applied_is_reported_then_skipped_by_a_rebuild(
         with sessions() as session:
             session.add(Change(kind="nonsense"))
             session.commit()
-        person = _person(sessions)
-        key, _ = _face(sessions, person, 1)
+        person = new_person(sessions)
+        key, _ = store_face(sessions, person, 1)
         deadline = datetime.now(UTC) + timedelta(seconds=20)
         seen_error = None
         while datetime.now(UTC) < deadline and not follower.gallery.holds(key):

@@ -13,55 +13,19 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.gallery import Gallery
 from service.index import make_index
-from service.storage import make_engine, make_session_factory, upgrade_to_head
 from service.storage import repository as repo
 from service.storage.tables import Face
-
-DIM = 8
-MODEL = "m@1"
-
-
-def _unit(seed: int) -> np.ndarray:
-    vector = np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-    return vector / np.linalg.norm(vector)
+from tests._stored import DIM, MODEL, migrated_sessions, new_person, store_face, unit
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = (
-        f"sqlite:///{tmp_path / 'g.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("fresh_postgres_url")
-    )
-    engine = make_engine(url)
-    upgrade_to_head(engine)
-    yield make_session_factory(engine)
-    engine.dispose()
+    yield from migrated_sessions(request, f"sqlite:///{tmp_path / 'g.db'}")
 
 
 def _store(sessions: sessionmaker[Session], identity: uuid.UUID, seed: int, model: str = MODEL) -> int:
     """Commit one face straight to SQL, as another process would; returns its key."""
-    with sessions() as session:
-        face = repo.add_face(
-            session,
-            identity_id=identity,
-            embedding=_unit(seed),
-            model=model,
-            bbox=[0, 0, 1, 1],
-            det_score=1.0,
-            landmarks=None,
-            image_sha256=f"{seed:064d}",
-        )
-        key = face.key
-        session.commit()
-    return key
-
-
-def _person(sessions: sessionmaker[Session]) -> uuid.UUID:
-    with sessions() as session:
-        identity = repo.create_identity(session, name="someone")
-        session.commit()
-        return identity.id
+    return store_face(sessions, identity, seed, model)[0]
 
 
 def _drop_in_sql(sessions: sessionmaker[Session], key: int) -> None:
@@ -73,7 +37,7 @@ def _drop_in_sql(sessions: sessionmaker[Session], key: int) -> None:
 def test_a_rebuilt_gallery_holds_exactly_the_models_faces_and_audits_in_step(
     sessions: sessionmaker[Session],
 ) -> None:
-    person = _person(sessions)
+    person = new_person(sessions)
     keys = [_store(sessions, person, seed) for seed in range(5)]
     _store(sessions, person, 99, model="other@1")  # another model's face never enters this index
     gallery = Gallery(make_index(DIM), sessions, MODEL)
@@ -86,7 +50,7 @@ def test_a_rebuilt_gallery_holds_exactly_the_models_faces_and_audits_in_step(
 def test_the_audit_after_a_rebuild_compares_with_what_the_rebuild_read_not_sql_again(
     sessions: sessionmaker[Session],
 ) -> None:
-    person = _person(sessions)
+    person = new_person(sessions)
     keys = [_store(sessions, person, seed) for seed in range(4)]
     gallery = Gallery(make_index(DIM), sessions, MODEL)
     gallery.rebuild()
@@ -99,12 +63,12 @@ def test_the_audit_after_a_rebuild_compares_with_what_the_rebuild_read_not_sql_a
 def test_a_write_through_the_gallery_makes_the_after_rebuild_audit_read_sql(
     sessions: sessionmaker[Session],
 ) -> None:
-    person = _person(sessions)
+    person = new_person(sessions)
     keys = [_store(sessions, person, seed) for seed in range(3)]
     gallery = Gallery(make_index(DIM), sessions, MODEL)
     gallery.rebuild()
     new_key = _store(sessions, person, 50)
-    gallery.added(new_key, person, _unit(50))
+    gallery.added(new_key, person, unit(50))
     _drop_in_sql(sessions, keys[0])
     audit = gallery.audit(since_rebuild=True)
     assert audit.sql_faces == 3 and audit.stale_keys == [keys[0]]
@@ -113,7 +77,7 @@ def test_a_write_through_the_gallery_makes_the_after_rebuild_audit_read_sql(
 def test_the_audit_lists_faces_missing_from_the_index_and_stale_ones_sorted(
     sessions: sessionmaker[Session],
 ) -> None:
-    person = _person(sessions)
+    person = new_person(sessions)
     keys = [_store(sessions, person, seed) for seed in range(3)]
     gallery = Gallery(make_index(DIM), sessions, MODEL)
     gallery.rebuild()
@@ -152,17 +116,17 @@ def test_many_queries_go_to_the_index_together_and_only_crowded_ones_again_deepe
     sessions: sessionmaker[Session],
 ) -> None:
     rng = np.random.default_rng(7)
-    direction = _unit(1000)
-    crowd, runner_up = _person(sessions), _person(sessions)
+    direction = unit(1000)
+    crowd, runner_up = new_person(sessions), new_person(sessions)
     # 40 faces of one person around `direction`: they fill the first 32 results of a query there.
     for n in range(40):
         _store_vector(sessions, crowd, direction + 0.01 * rng.normal(size=DIM), f"c{n}")
     _store_vector(sessions, runner_up, direction + 0.3 * rng.normal(size=DIM), "r")
     for n in range(10):
-        _store_vector(sessions, _person(sessions), rng.normal(size=DIM), f"o{n}")
+        _store_vector(sessions, new_person(sessions), rng.normal(size=DIM), f"o{n}")
     gallery = Gallery(make_index(DIM), sessions, MODEL)
     gallery.rebuild()
-    queries = np.stack([direction, _unit(2000), _unit(3000)])
+    queries = np.stack([direction, unit(2000), unit(3000)])
 
     one_by_one = [gallery.identify(query[None, :], k=2)[0] for query in queries]
     calls: list[int] = []
@@ -185,7 +149,7 @@ def test_asking_for_more_people_than_the_gallery_holds_does_not_search_every_fac
     sessions: sessionmaker[Session],
 ) -> None:
     rng = np.random.default_rng(11)
-    people = [_person(sessions) for _ in range(3)]
+    people = [new_person(sessions) for _ in range(3)]
     for number, person in enumerate(people):
         for n in range(60):
             _store_vector(sessions, person, rng.normal(size=DIM), f"p{number}-{n}")
@@ -199,7 +163,7 @@ def test_asking_for_more_people_than_the_gallery_holds_does_not_search_every_fac
         return search(batch, k)
 
     gallery.index.search = recording_search  # type: ignore[method-assign]
-    (matches,) = gallery.identify(_unit(5)[None, :], k=50)
+    (matches,) = gallery.identify(unit(5)[None, :], k=50)
 
     assert sorted(m.identity_id for m in matches) == sorted(people)
     # All three people are among the first 32 faces; k=50 alone would have gone to all 180.
@@ -216,18 +180,18 @@ def test_an_index_that_lost_track_of_its_vectors_is_rebuilt_from_sql_not_left_br
     parts = [FailingStorage(DIM) for _ in range(2)]
     index = SlotIndex(InterleavedStorage(parts), new_storage=lambda: CpuFlatStorage(DIM))
     gallery = Gallery(index, sessions, MODEL)
-    ada = _person(sessions)
+    ada = new_person(sessions)
     for seed in range(4):
         _store(sessions, ada, seed)
     gallery.rebuild()
-    bob = _person(sessions)
+    bob = new_person(sessions)
     key = _store(sessions, bob, 99)
     parts[1].fail_next_append = True  # one shard stores its share of the batch, the other runs out of memory
     with pytest.raises(IndexNeedsRebuild):  # the index is broken from now on, until reset
-        index.add(np.arange(1000, 1004), np.stack([_unit(s) for s in range(4)]))
+        index.add(np.arange(1000, 1004), np.stack([unit(s) for s in range(4)]))
 
-    gallery.added(key, bob, _unit(99))  # raises IndexNeedsRebuild inside; the gallery reloads SQL instead
+    gallery.added(key, bob, unit(99))  # raises IndexNeedsRebuild inside; the gallery reloads SQL instead
 
     assert gallery.audit().in_step
-    (matches,) = gallery.identify(_unit(99)[None, :], k=1)
+    (matches,) = gallery.identify(unit(99)[None, :], k=1)
     assert matches[0].identity_id == bob

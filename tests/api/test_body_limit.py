@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 from starlette.types import Receive, Scope, Send
 
 from service.api.limits import JSON_BODY_LIMIT, BodyLimitMiddleware
+from tests._asgi import serving_in_thread
 
 
 async def _reads_the_whole_body(scope: Scope, receive: Receive, send: Send) -> None:
@@ -26,20 +24,8 @@ async def _reads_the_whole_body(scope: Scope, receive: Receive, send: Send) -> N
 
 @pytest.fixture
 def port() -> Iterator[int]:
-    app = BodyLimitMiddleware(_reads_the_whole_body, max_upload_bytes=1024)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    (listener,) = server.servers[0].sockets
-    yield listener.getsockname()[1]
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(BodyLimitMiddleware(_reads_the_whole_body, max_upload_bytes=1024)) as port:
+        yield port
 
 
 def _status_line(port: int, headers: bytes) -> bytes:

@@ -7,17 +7,16 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from starlette.types import Receive, Scope, Send
 
+from tests._asgi import serving_in_thread
 from tests._ci import skip_or_fail_in_ci
 from tests._ports import free_port
 
@@ -74,18 +73,8 @@ def api() -> Iterator[tuple[str, _Seen]]:
         )
         await send({"type": "http.response.body", "body": str(len(body)).encode()})
 
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    (listener,) = server.servers[0].sockets
-    yield f"127.0.0.1:{listener.getsockname()[1]}", seen
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving_in_thread(app) as port:
+        yield f"127.0.0.1:{port}", seen
 
 
 def test_requests_and_uploads_pass_through_the_proxy_with_the_clients_host(

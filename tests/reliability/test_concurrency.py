@@ -24,9 +24,9 @@ from service.cli import main as facebank
 from service.security import Scope
 from service.storage import make_engine
 from service.storage import repository as repo
+from tests._live import issue_test_key
 from tests.conftest import LFW
 from tests.reliability._server import Server, start_server
-from tests.reliability.conftest import make_key
 
 pytestmark = pytest.mark.slow
 
@@ -189,7 +189,7 @@ def _delete_identity(http: httpx.Client, ledger: Ledger, rng: random.Random) -> 
 
 @pytest.fixture(scope="module")
 def server(database_url: str, model_dir: Path, data_dir: Path) -> Iterator[tuple[Server, str]]:
-    admin = make_key(database_url, Scope.ADMIN, name="stress-admin")
+    admin = issue_test_key(database_url, Scope.ADMIN, name="stress-admin")
     running = start_server(
         data_dir=data_dir, model_dir=model_dir, database_url=database_url, log=data_dir / "log"
     )

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from service.security import Scope
+from tests._live import issue_test_key
 from tests.conftest import LFW
 from tests.reliability._server import Server, start_server
-from tests.reliability.conftest import make_key
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def _stored_faces(http: httpx.Client, identities: dict[str, str]) -> dict[str, s
 def test_acknowledged_enrollments_survive_sigkill_and_the_index_is_rebuilt(
     database_url: str, model_dir: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    key = make_key(database_url, Scope.ADMIN, name="crash-test")
+    key = issue_test_key(database_url, Scope.ADMIN, name="crash-test")
     log = data_dir / "crash.log"
     server: Server = start_server(data_dir=data_dir, model_dir=model_dir, database_url=database_url, log=log)
     with httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=120.0) as http:

@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from service.security import Scope
+from tests._live import issue_test_key
 from tests.conftest import LFW
 from tests.reliability._server import ROOT, Server, start_server
-from tests.reliability.conftest import make_key
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def _within(bound_s: float, condition: Callable[[], bool]) -> float:
 
 @pytest.fixture(scope="module")
 def key(database_url: str) -> str:
-    return make_key(database_url, Scope.ADMIN, name="replicas")
+    return issue_test_key(database_url, Scope.ADMIN, name="replicas")
 
 
 @pytest.fixture(scope="module")
