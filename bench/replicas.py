@@ -4,6 +4,7 @@ every FACEBANK_FOLLOW_POLL_MS), each measured in the same run."""
 
 from __future__ import annotations
 
+import random
 import secrets
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import httpx
 from bench.context import Context
 from bench.data import lfw_people_with_two_photos
 from bench.report import Comparison, Figure
-from bench.server import Probe, load, serve
+from bench.server import Probe, cpu_seconds, load, serve
 from bench.timing import ms, p50, percentile
 
 # The PostgreSQL server to create a scratch database on (dropped afterwards).
@@ -70,6 +71,8 @@ def _propagation(ctx: Context, backend: str, url: str, people: list[str]) -> Non
     ):
         faces = _index_faces(a)
         for name in people:
+            # At a random moment of B's polling period: writes in lockstep with it would all wait alike.
+            time.sleep(random.uniform(0, settings.follow_poll_ms / 1000))
             identity = a.post("/v1/identities", json={"name": name}).json()["id"]
             photo = (ctx.lfw / name / f"{name}_0001.jpg").read_bytes()
             files = {"image": ("p.jpg", photo, "image/jpeg")}
@@ -79,10 +82,12 @@ def _propagation(ctx: Context, backend: str, url: str, people: list[str]) -> Non
             faces += 1
             adds.append(_until_index_holds(b, faces))
             local.append(_index_faces(a) == faces)
+            time.sleep(random.uniform(0, settings.follow_poll_ms / 1000))
             deleted = a.delete(f"/v1/identities/{identity}/faces/{response.json()['id']}")
             deleted.raise_for_status()
             faces -= 1
             removals.append(_until_index_holds(b, faces))
+            time.sleep(random.uniform(0, settings.follow_poll_ms / 1000))
     ctx.log(f"replicas/{backend}: {len(adds)} adds and removals measured")
     for kind, values in (("add", adds), ("remove", removals)):
         for q, label in ((50, "p50"), (99, "p99")):
@@ -105,6 +110,34 @@ def _propagation(ctx: Context, backend: str, url: str, people: list[str]) -> Non
                     ),
                 )
             )
+
+
+def _idle_cpu(ctx: Context, url: str) -> None:
+    """CPU a server spends at rest, following vs not: the follower's own cost, free of request noise."""
+    settings = ctx.service_settings()
+    window_s = 5.0 if ctx.quick else 30.0
+    used: dict[str, float] = {}
+    for mode, env in (("following", {}), ("idle", {"FACEBANK_FOLLOW_POLL_MS": IDLE_POLL_MS})):
+        data_dir = ctx.work_dir / f"rest-{mode}"
+        data_dir.mkdir()
+        with serve(settings, url, data_dir, extra_env={**ctx.server_env, **env}) as server:
+            time.sleep(2.0)  # past start-up
+            before = cpu_seconds(server.process.pid) or 0.0
+            time.sleep(window_s)
+            used[mode] = ((cpu_seconds(server.process.pid) or 0.0) - before) / window_s
+    ctx.add(
+        Figure(
+            id="replicas.follow_cost.idle_cpu_ms_per_s",
+            section="replicas",
+            label="server CPU at rest, following the change log every "
+            f"{settings.follow_poll_ms:.0f} ms (SQLite)",
+            value=used["following"] * 1000,
+            unit="ms/s",
+            better="lower",
+            baseline=Comparison("the same server with the follower idle", used["idle"] * 1000, "ms/s"),
+            note=f"CPU seconds of the server process over {window_s:.0f} s at rest, per second",
+        )
+    )
 
 
 def _follow_cost(ctx: Context, url: str, probes: list[Probe]) -> None:
@@ -153,4 +186,5 @@ def run(ctx: Context) -> None:
             _propagation(ctx, "postgresql", postgres_url, people)
     except Exception as exc:  # no PostgreSQL here: say so beside the SQLite figures
         ctx.log(f"replicas: PostgreSQL figures not measured: {exc}")
+    _idle_cpu(ctx, sqlite_url)
     _follow_cost(ctx, sqlite_url, probes)

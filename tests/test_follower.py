@@ -3,12 +3,13 @@ search returns is logged in its own transaction, and a follower's index ends equ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.follower import ChangeFollower
@@ -156,3 +157,34 @@ def test_an_entry_that_cannot_be_applied_is_reported_then_skipped_by_a_rebuild(
         assert follower.gallery.holds(key) and _in_step(follower)
     finally:
         follower.close()
+
+
+def test_while_the_log_cannot_be_read_the_follower_reports_why_and_falls_behind_then_recovers(
+    sessions: sessionmaker[Session],
+) -> None:
+    engine = sessions.kw["bind"]
+    follower = _follower(sessions)
+    person = new_person(sessions)
+    follower.start()
+    try:
+        with engine.begin() as connection:  # the log table out of reach, as for a broken database
+            connection.execute(text("ALTER TABLE changes RENAME TO changes_away"))
+        _until(lambda: follower.status().error is not None)
+        assert "changes" in (follower.status().error or "")
+        stalled = follower.status().lag_s
+        time.sleep(0.5)
+        assert follower.status().lag_s > stalled  # the lag grows: /readyz turns unready past its bound
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE changes_away RENAME TO changes"))
+        key, _ = store_face(sessions, person, 1)
+        _until(lambda: follower.gallery.holds(key) and follower.status().error is None)
+        assert follower.status().lag_s < 5 and _in_step(follower)
+    finally:
+        follower.close()
+
+
+def _until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.02)

@@ -181,7 +181,7 @@ def test_a_replica_killed_while_the_other_takes_writes_converges_on_restart(
         b.server, b.http = restarted.server, restarted.http  # the next tests use it; the fixture stops it
 
 
-MIXED_LOAD_S = 20.0
+MIXED_LOAD_S = 60.0
 PEOPLE = [
     "Ariel_Sharon",
     "Hugo_Chavez",
