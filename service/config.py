@@ -111,8 +111,10 @@ class Settings(BaseSettings):
         description="Host header values served besides loopback names and the bind address "
         "(`*.example.com` matches subdomains, `*` anything).",
     )
+    # Why 32: a burst the size of two micro-batches (batch_max_size) gets through, and slots plus waiting
+    # requests (one worker thread each) stay within anyio's 40 threads on up to 8 cores.
     image_queue: int = Field(
-        default=8, ge=0, description="Requests that may wait for an image slot; more get 503 busy at once."
+        default=32, ge=0, description="Requests that may wait for an image slot; more get 503 busy at once."
     )
     rate_limit_per_key: int = Field(
         default=0, ge=0, description="Requests per minute one API key may make; 0: unlimited."

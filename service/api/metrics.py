@@ -126,8 +126,9 @@ def install_metrics(app: FastAPI) -> Metrics:
             )
         return response
 
+    # async: a sync route would wait for a worker thread, and an overloaded server is when metrics matter.
     @app.get("/metrics", include_in_schema=False)
-    def _metrics() -> Response:
+    async def _metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return metrics

@@ -120,6 +120,18 @@ def test_there_is_no_default_database_password() -> None:
     assert make_url(_interpolate(api_url)).password == OPERATOR_ENV["POSTGRES_PASSWORD"]
 
 
+def test_other_containers_may_call_the_api_by_its_service_name() -> None:
+    """`ingest --url http://api:8000` from another container sends Host `api:8000`: it must pass the Host
+    check (docs/deployment.md), and nothing beyond the service names is allowed by default."""
+    from service.api.access import HostPolicy
+
+    environment = _compose()["services"]["api"]["environment"]
+    settings = Settings(host="0.0.0.0", allowed_hosts=_interpolate(environment["FACEBANK_ALLOWED_HOSTS"]))
+    policy = HostPolicy(settings.host, settings.allowed_host_list)
+    assert policy.allows("api:8000") and policy.allows("api-gpu:8000") and policy.allows("localhost:8000")
+    assert not policy.allows("facebank.example.org")
+
+
 def test_containers_drop_capabilities_and_cannot_gain_privileges() -> None:
     services = _compose()["services"]
     for name, service in services.items():

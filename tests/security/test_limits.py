@@ -195,6 +195,7 @@ def test_health_and_key_checks_answer_while_every_route_thread_is_taken(
     try:
         assert ask("/healthz") == [200]
         assert ask("/readyz") == [200]
+        assert ask("/metrics") == [200]
         assert ask("/v1/identities", {"Authorization": "Bearer fbk_" + "C" * 43}) == [401]
         waiting = ask("/v1/identities", header(keys.enroll), wait_s=1.0)
         assert waiting == [], "a route ran although no thread was free: the test did not fill the pool"
