@@ -221,3 +221,6 @@ class IndexReport(BaseModel):
     in_step: bool
     # Faces stored under other embedding models (invisible to search), per model.
     other_models: dict[str, int]
+    # The change log position this index is at, and seconds since it was last in step with the log.
+    log_position: int
+    lag_s: float

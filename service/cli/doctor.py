@@ -87,6 +87,7 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
         _check_other_models(checkup, tag, drop=args.drop_other_models)
         _check_vectors(checkup, tag, dim)
         _check_rebuilt_index(checkup, tag, dim)
+        _note_change_log(checkup)
         if args.server:
             _check_server(report, args.server.rstrip("/"), api_key_of(args, settings), fix=args.fix)
     finally:
@@ -237,6 +238,15 @@ def _check_rebuilt_index(checkup: _Checkup, tag: str, dim: int) -> None:
         report.problem(f"an index rebuilt from SQL differs from it: {audit}")
 
 
+def _note_change_log(checkup: _Checkup) -> None:
+    """Where the change log stands, for comparing with a server's position (`--server`, /readyz)."""
+    from service.storage import changes
+
+    with checkup.sessions() as session:
+        head, pruned = changes.head(session), changes.pruned_through(session)
+    checkup.report.note(f"change log at position {head}; entries up to {pruned} pruned")
+
+
 def _check_server(report: _Report, server: str, api_key: str | None, *, fix: bool) -> None:
     """A running server's index against SQL; with fix, ask it to rebuild."""
     from service.client import Client, FacebankError
@@ -244,6 +254,7 @@ def _check_server(report: _Report, server: str, api_key: str | None, *, fix: boo
     try:
         with Client(server, api_key=api_key, timeout_s=120.0) as facebank:
             index = facebank.index_report()
+            report.note(f"{server}: at change log position {index.log_position}, {index.lag_s:.3f} s behind")
             if index.in_step:
                 report.ok(f"{server}: its index holds exactly the {index.sql_faces} faces in SQL")
                 return

@@ -90,6 +90,7 @@ def list_audit_events(
 
 def _index_report(state: AppState) -> schemas.IndexReport:
     audit = state.follower.audit()
+    following = state.follower.status()
     with state.sessions() as session:
         models = repo.models_in_use(session)
     return schemas.IndexReport(
@@ -100,6 +101,8 @@ def _index_report(state: AppState) -> schemas.IndexReport:
         stale_in_index=audit.stale_in_index,
         in_step=audit.in_step,
         other_models={m: n for m, n in models.items() if m != state.serving.embedder_tag},
+        log_position=following.position,
+        lag_s=round(following.lag_s, 3),
     )
 
 
