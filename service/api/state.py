@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import anyio
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -63,6 +64,8 @@ class AppState:
     open_without_keys: bool
     # Bounds how many uploads are decoded and run through the networks at once (memory and CPU).
     image_slots: Admission
+    # /readyz's own threads, apart from the pool that upload routes fill (made by its first request).
+    readiness_threads: anyio.CapacityLimiter | None = None
     # Wrong API keys per client address, and requests per key (429 beyond either; see service/api/auth.py).
     failed_keys: Throttle = field(init=False)
     key_requests: Throttle = field(init=False)

@@ -17,9 +17,6 @@ from service.storage import service_settings
 
 router = APIRouter(tags=["health"])
 
-_threads: anyio.CapacityLimiter | None = None
-
-
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -27,10 +24,9 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: State) -> JSONResponse:
-    global _threads
-    if _threads is None:  # made here: an anyio limiter needs the running event loop
-        _threads = anyio.CapacityLimiter(2)
-    return await anyio.to_thread.run_sync(_readiness, state, limiter=_threads)
+    if state.readiness_threads is None:  # made here: an anyio limiter needs the app's running event loop
+        state.readiness_threads = anyio.CapacityLimiter(2)
+    return await anyio.to_thread.run_sync(_readiness, state, limiter=state.readiness_threads)
 
 
 def _readiness(state: AppState) -> JSONResponse:
