@@ -45,6 +45,7 @@ Progress = Callable[[str], None]
 
 DEFAULT_CELEBA = Path("../shared/data/celeba-train")
 FPIR_TARGETS = (0.01, 0.001)
+SMALL_GALLERY_DRAWS = 5
 
 
 def lfw_open_set_split(images: Sequence[LfwImage], limit: int | None = None) -> OpenSetSplit[LfwImage]:
@@ -90,6 +91,20 @@ def limit_identities(items: Sequence[LabelledImage], limit: int, minimum: int) -
         kept.add(identity)
         total += photos[identity]
     return [item for item in items if item.identity in kept]
+
+
+def subsample_gallery(split: OpenSetSplit[LfwImage], size: int, seed: int) -> OpenSetSplit[LfwImage]:
+    """``size`` enrolled people drawn at random, with their mated probes; the non-mated stay the same.
+
+    FPIR at a fixed threshold grows with the gallery (a stranger meets more people to resemble), so a
+    threshold chosen on CelebA's smaller gallery is checked on LFW galleries of the same size too.
+    """
+    rng = np.random.default_rng(seed)
+    keep = set(rng.choice(len(split.gallery), min(size, len(split.gallery)), replace=False).tolist())
+    gallery = tuple(image for i, image in enumerate(split.gallery) if i in keep)
+    names = {image.name for image in gallery}
+    mated = tuple(image for image in split.mated if image.name in names)
+    return OpenSetSplit(gallery=gallery, mated=mated, non_mated=split.non_mated)
 
 
 def _identity(item: LabelledImage) -> str:
@@ -162,7 +177,9 @@ class OpenSetReport:
     celeba_no_face: int
     lfw_at_celeba_threshold: dict[float, OpenSetPoint]
     lfw_own_curve: dict[float, OpenSetPoint]
+    lfw_small_gallery: dict[float, tuple[OpenSetPoint, ...]]  # CelebA thresholds, CelebA-sized galleries
     lfw_gallery: int
+    small_gallery_size: int
     lfw_no_face: int
     lfw_rank1: float
     seconds: float
@@ -186,6 +203,16 @@ class OpenSetReport:
                 "rank1_of_mated": round(self.lfw_rank1, 6),
                 "at_celeba_threshold": points(lfw_main),
                 "own_curve_not_deployable": points(self.lfw_own_curve),
+                "at_celeba_threshold_celeba_sized_gallery": {
+                    f"{f:g}": {
+                        "gallery": self.small_gallery_size,
+                        "draws": len(self.lfw_small_gallery[f]),
+                        "fpir": _spread([p.fpir for p in self.lfw_small_gallery[f]]),
+                        "dir": _spread([p.dir for p in self.lfw_small_gallery[f]]),
+                        "non_mated": self.lfw_small_gallery[f][0].non_mated,
+                    }
+                    for f in self.fpir_targets
+                },
             },
             "celeba": {
                 "dataset": self.celeba_dataset,
@@ -194,7 +221,12 @@ class OpenSetReport:
                 "no_face": self.celeba_no_face,
                 "folds": self.folds,
                 "seed": self.seed,
-                "pooled_thresholds": points(self.celeba_thresholds),
+                # Each mated probe is in every trial but its own fold's, so the pooled DIR counts it
+                # folds - 1 times: a binomial error over those counts would be too small; none is given.
+                "pooled_thresholds": {
+                    fpir: {**point, "dir_standard_error": None}
+                    for fpir, point in points(self.celeba_thresholds).items()
+                },
                 "own_curve_dir": {
                     f"{f:g}": _spread([t.own[f].dir for t in self.celeba_trials]) for f in self.fpir_targets
                 },
@@ -230,12 +262,16 @@ class OpenSetReport:
             lfw = self.lfw_at_celeba_threshold[fpir]
             own = [t.own[fpir].dir for t in self.celeba_trials]
             held = [t.held_out[fpir].fpir for t in self.celeba_trials]
+            small = self.lfw_small_gallery[fpir]
             lines += [
                 f"FPIR target {fpir:g}: CelebA threshold {cal.threshold:.4f} ({cal.false_alarms} of "
                 f"{cal.non_mated} non-mated pass)",
                 f"  LFW at that threshold: DIR {100 * lfw.dir:.2f} % (± {100 * lfw.dir_standard_error:.2f} "
                 f"SE; {lfw.hits} of {lfw.mated} mated), FPIR {100 * lfw.fpir:.3f} % ({lfw.false_alarms} of "
                 f"{lfw.non_mated} non-mated)",
+                f"  LFW at that threshold with {self.small_gallery_size} people enrolled (CelebA's gallery "
+                f"size, {len(small)} draws): FPIR {100 * np.mean([p.fpir for p in small]):.3f} %, DIR "
+                f"{100 * np.mean([p.dir for p in small]):.2f} %",
                 f"  CelebA {self.folds} folds, own curve: DIR {100 * np.mean(own):.2f} ± "
                 f"{100 * np.std(own):.2f} %; other folds' threshold gives FPIR {100 * np.mean(held):.3f} ± "
                 f"{100 * np.std(held):.3f} %",
@@ -317,7 +353,13 @@ def evaluate_open_set(
         progress=progress,
     )
     lfw_row = {item: i for i, item in enumerate(lfw_items)}
-    lfw_scores = _scores(lfw.embeddings, [i.name for i in lfw_items], lfw_row, split)
+    lfw_names = [i.name for i in lfw_items]
+    lfw_scores = _scores(lfw.embeddings, lfw_names, lfw_row, split)
+    small_size = min(t.identities_enrolled for t in trials)
+    small = [
+        _scores(lfw.embeddings, lfw_names, lfw_row, subsample_gallery(split, small_size, seed + draw))
+        for draw in range(SMALL_GALLERY_DRAWS)
+    ]
     return OpenSetReport(
         model=lfw.model,
         detector=lfw.detector,
@@ -330,6 +372,10 @@ def evaluate_open_set(
         celeba_no_face=celeba.batch.no_face,
         lfw_at_celeba_threshold={f: open_set_point(lfw_scores, t) for f, t in thresholds.items()},
         lfw_own_curve={f: dir_at_fpir(lfw_scores, f) for f in targets},
+        lfw_small_gallery={
+            f: tuple(open_set_point(scores, t) for scores in small) for f, t in thresholds.items()
+        },
+        small_gallery_size=small_size,
         lfw_gallery=len(split.gallery),
         lfw_no_face=lfw.batch.no_face,
         lfw_rank1=float(np.mean(lfw_scores.mated_hit)),
@@ -349,4 +395,5 @@ __all__ = [
     "identity_folds",
     "lfw_open_set_split",
     "limit_identities",
+    "subsample_gallery",
 ]

@@ -18,7 +18,7 @@ from models.evaluation.openset import (
     open_set_split,
     threshold_at_fpir,
 )
-from models.evaluation.run_openset import identity_folds, lfw_open_set_split
+from models.evaluation.run_openset import identity_folds, lfw_open_set_split, subsample_gallery
 
 GALLERY = np.eye(3, dtype=np.float32)
 GALLERY_IDS = ["A", "B", "C"]
@@ -138,3 +138,15 @@ def test_identity_folds_are_disjoint_cover_everyone_and_follow_the_seed() -> Non
     assert folds != identity_folds(identities, 5, seed=1)
     with pytest.raises(ValueError, match="one identity per fold"):
         identity_folds(["a", "b"], 3, seed=0)
+
+
+def test_subsampled_gallery_keeps_its_people_mated_probes_and_every_stranger() -> None:
+    people = [f"P{i}" for i in range(10)]
+    images = [LfwImage(name, n) for name in people for n in (1, 2, 3)] + [LfwImage("Solo", 1)]
+    split = lfw_open_set_split(images)
+    small = subsample_gallery(split, 4, seed=0)
+    names = {image.name for image in small.gallery}
+    assert len(names) == 4 and len(small.mated) == 8
+    assert {image.name for image in small.mated} == names
+    assert small.non_mated == split.non_mated
+    assert small == subsample_gallery(split, 4, seed=0)
