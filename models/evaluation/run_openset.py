@@ -40,6 +40,7 @@ from models.evaluation.openset import (
 )
 from models.evaluation.run import DEFAULT_LFW, embed_paths
 from service.config import Settings
+from service.runtime.manifest import load_manifest
 
 Progress = Callable[[str], None]
 
@@ -180,6 +181,9 @@ class OpenSetReport:
     lfw_small_gallery: dict[float, tuple[OpenSetPoint, ...]]  # CelebA thresholds, CelebA-sized galleries
     lfw_gallery: int
     small_gallery_size: int
+    manifest_threshold: float  # what the service matches at today
+    lfw_at_manifest_threshold: OpenSetPoint
+    celeba_at_manifest_threshold: OpenSetPoint
     lfw_no_face: int
     lfw_rank1: float
     seconds: float
@@ -203,6 +207,7 @@ class OpenSetReport:
                 "rank1_of_mated": round(self.lfw_rank1, 6),
                 "at_celeba_threshold": points(lfw_main),
                 "own_curve_not_deployable": points(self.lfw_own_curve),
+                "at_manifest_threshold": _point_json(self.lfw_at_manifest_threshold),
                 "at_celeba_threshold_celeba_sized_gallery": {
                     f"{f:g}": {
                         "gallery": self.small_gallery_size,
@@ -228,6 +233,10 @@ class OpenSetReport:
                     for fpir, point in points(self.celeba_thresholds).items()
                 },
                 "own_curve_dir": {f"{f:g}": self._own_curve(f) for f in self.fpir_targets},
+                "at_manifest_threshold": {
+                    **_point_json(self.celeba_at_manifest_threshold),
+                    "dir_standard_error": None,
+                },
                 "held_out_threshold_fpir": {
                     f"{f:g}": _spread([t.held_out[f].fpir for t in self.celeba_trials])
                     for f in self.fpir_targets
@@ -281,6 +290,11 @@ class OpenSetReport:
                 f"{100 * np.mean(held_dir):.2f} ± {100 * np.std(held_dir):.2f} %, FPIR "
                 f"{100 * np.mean(held):.3f} ± {100 * np.std(held):.3f} %",
             ]
+        lfw, cal = self.lfw_at_manifest_threshold, self.celeba_at_manifest_threshold
+        lines.append(
+            f"manifest threshold {self.manifest_threshold:.4f}: LFW DIR {100 * lfw.dir:.2f} %, FPIR "
+            f"{100 * lfw.fpir:.3f} %; CelebA (pooled) DIR {100 * cal.dir:.2f} %, FPIR {100 * cal.fpir:.3f} %"
+        )
         lines.append(
             f"LFW: {self.lfw_gallery} enrolled people, rank-1 of mated probes {100 * self.lfw_rank1:.2f} %, "
             f"{self.lfw_no_face} photos without a face; CelebA: {self.celeba_images} photos of "
@@ -347,6 +361,10 @@ def evaluate_open_set(
     )
     celeba_points = {f: open_set_point(pooled_scores, t) for f, t in thresholds.items()}
 
+    entry = load_manifest(settings.model_dir / "manifest.toml").get(settings.embedder)
+    assert entry.embedder is not None  # embed_paths built a pipeline with it
+    manifest_threshold = entry.embedder.threshold
+
     split = lfw_open_set_split(list_images(lfw_dir), limit)
     lfw_items: list[LfwImage] = sorted(split.gallery + split.mated + split.non_mated)
     lfw = embed_paths(
@@ -381,6 +399,9 @@ def evaluate_open_set(
             f: tuple(open_set_point(scores, t) for scores in small) for f, t in thresholds.items()
         },
         small_gallery_size=small_size,
+        manifest_threshold=manifest_threshold,
+        lfw_at_manifest_threshold=open_set_point(lfw_scores, manifest_threshold),
+        celeba_at_manifest_threshold=open_set_point(pooled_scores, manifest_threshold),
         lfw_gallery=len(split.gallery),
         lfw_no_face=lfw.batch.no_face,
         lfw_rank1=float(np.mean(lfw_scores.mated_hit)),

@@ -13,6 +13,7 @@ from models.evaluation.cli import register
 from models.evaluation.lfw import list_images
 from models.evaluation.run_openset import lfw_open_set_split
 from service.config import Settings
+from service.runtime.manifest import load_manifest
 from tests._ci import skip_or_fail_in_ci
 from tests.conftest import LFW, SHARED, require_shared
 from tests.evaluation._prepared import prepared_model_dir
@@ -63,6 +64,11 @@ def test_eval_openset_with_limit_takes_thresholds_from_celeba_and_reports_lfw(
         assert applied["hits"] <= applied["mated"] and applied["false_alarms"] <= applied["non_mated"]
         assert len(celeba["trials"]) == 5
     assert sum(t["identities_non_mated"] for t in celeba["trials"]) == celeba["identities"]
+    # The service's own cut-off is reported as it is, read from the prepared manifest.
+    service_threshold = load_manifest(model_dir / "manifest.toml").get("mobilefacenet").embedder
+    assert service_threshold is not None
+    assert lfw["at_manifest_threshold"]["threshold"] == round(service_threshold.threshold, 6)
+    assert celeba["at_manifest_threshold"]["threshold"] == round(service_threshold.threshold, 6)
     # ~25 non-mated photos per fold cannot place a 1 % or a 0.1 % threshold on their own.
     assert set(celeba["own_curve_dir"]["0.001"]) == {"unresolved"}
     small = lfw["at_celeba_threshold_celeba_sized_gallery"]["0.01"]
