@@ -11,6 +11,9 @@
   LFW unchanged. Per trial the report gives the trial's own DIR-at-FPIR curve (mean ± spread over the
   folds) and the threshold chosen on the *other* trials applied to it (how well a CelebA threshold holds
   its FPIR on unseen people).
+- FPIR at a fixed threshold grows with the number of people enrolled, so the CelebA thresholds are also
+  applied to LFW galleries of CelebA's size (random draws); and the manifest threshold the service matches
+  with today is measured on both sets.
 
 Embeddings come from :func:`models.evaluation.run.embed_paths` (the service's pipeline and its cache).
 """
