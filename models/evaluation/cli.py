@@ -84,6 +84,35 @@ def _eval_calibrate(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+def _eval_openset(args: argparse.Namespace, settings: Any) -> int:
+    from models.evaluation.run_openset import evaluate_open_set
+    from service.runtime import ModelLoadError
+
+    if args.limit is not None and args.limit < 1:
+        print("error: --limit must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate_open_set(
+            _settings_for(args, settings),
+            lfw_dir=args.lfw,
+            celeba_dir=args.celeba,
+            folds=args.folds,
+            seed=args.seed,
+            limit=args.limit,
+            cache_dir=_cache_dir(args, settings),
+            workers=args.workers,
+            progress=_progress(args),
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ModelLoadError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.as_json()) if args.json else report.summary())
+    return 0
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="embedder name in the prepared manifest (default FACEBANK_EMBEDDER)")
     parser.add_argument("--model-dir", type=Path, help="prepared models (default FACEBANK_MODEL_DIR)")
@@ -131,3 +160,21 @@ def register(commands: Any) -> None:
     calibrate.add_argument("--far", type=float, default=1e-3, help="false accept rate (default 1e-3)")
     calibrate.add_argument("--identities", type=Path, help="file with one identity per line to restrict to")
     calibrate.set_defaults(handler=_eval_calibrate)
+
+    openset = kinds.add_parser(
+        "openset",
+        help="open-set identification: LFW DIR at FPIR 1e-2 and 1e-3, thresholds chosen on CelebA folds",
+        description=(
+            "LFW gallery = first photo of each person with >= 2, mated = their other photos, non-mated = "
+            "people with one photo; thresholds come from identity-disjoint CelebA folds, never from LFW."
+        ),
+    )
+    _common(openset)
+    openset.add_argument(
+        "--limit", type=int, help="about N photos per side and set (CI-sized; not comparable)"
+    )
+    openset.add_argument("--lfw", type=Path, default=Path("../shared/data/lfw"), help="LFW image folder")
+    openset.add_argument("--celeba", type=Path, default=DEFAULT_CELEBA, help="ROOT/<identity>/*.jpg, not LFW")
+    openset.add_argument("--folds", type=int, default=5, help="identity-disjoint CelebA folds (default 5)")
+    openset.add_argument("--seed", type=int, default=0, help="seed dealing identities into folds (default 0)")
+    openset.set_defaults(handler=_eval_openset)

@@ -143,17 +143,34 @@ def tar_at_far(scores: np.ndarray, same: np.ndarray, far: float) -> OperatingPoi
     genuine = scores[same]
     if len(impostor) == 0 or len(genuine) == 0:
         raise ValueError("need at least one scored impostor pair and one genuine pair")
-    allowed = math.floor(far * len(impostor) + 1e-9)
-    if allowed >= len(impostor):
-        threshold = float(impostor[-1])
-    else:
-        threshold = float(np.nextafter(impostor[allowed], np.inf))
+    threshold = threshold_at_false_rate(impostor, far)
     with np.errstate(invalid="ignore"):
         tar = float(np.sum(genuine >= threshold) / len(genuine))
         actual = float(np.sum(impostor >= threshold) / len(impostor))
     return OperatingPoint(
         threshold=threshold, tar=tar, far=actual, genuine=len(genuine), impostor=len(impostor)
     )
+
+
+def threshold_at_false_rate(impostor: np.ndarray, rate: float) -> float:
+    """The lowest threshold at which at most ``⌊rate·n⌋`` of the ``n`` impostor scores pass (``>=``).
+
+    It sits just above the ``(⌊rate·n⌋ + 1)``-th highest score; when every score may pass, it is the lowest.
+    Shared by TAR@FAR (impostor pairs) and open-set FPIR (non-mated probes' best scores).
+
+    Example:
+        >>> bool(threshold_at_false_rate(np.array([0.2, 0.9, 0.5]), 0.0) == np.nextafter(0.9, 1))
+        True
+    """
+    if not 0 <= rate < 1:
+        raise ValueError(f"rate must be in [0, 1), got {rate}")
+    scores = np.sort(np.asarray(impostor, np.float64))[::-1]
+    if len(scores) == 0 or np.isnan(scores).any():
+        raise ValueError("need at least one impostor score and no NaN")
+    allowed = math.floor(rate * len(scores) + 1e-9)
+    if allowed >= len(scores):
+        return float(scores[-1])
+    return float(np.nextafter(scores[allowed], np.inf))
 
 
 def identification_ranks(
@@ -268,5 +285,6 @@ __all__ = [
     "pair_scores",
     "tar_at_far",
     "ten_fold_accuracy",
+    "threshold_at_false_rate",
     "top_k_rates",
 ]
