@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 # Loggers whose INFO lines say nothing a user acts on: Alembic's plugin set-up and migration steps, FAISS's
-# search for the fastest build it can load ("Could not load library with AVX512 support ...").
-CHATTY_LIBRARIES = ("alembic", "faiss")
+# search for the fastest build it can load ("Could not load library with AVX512 support ..."), and httpx's
+# line per request of the client commands (identify, ingest --url, doctor --server).
+CHATTY_LIBRARIES = ("alembic", "faiss", "httpx")
 
 
 def configure_logging(verbose: bool) -> None:

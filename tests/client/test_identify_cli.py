@@ -67,6 +67,7 @@ def test_prints_who_is_in_a_group_photo_left_to_right(
     who = [row.split("│")[3].strip() for row in rows]
     assert who == [people[0].name, people[1].name, "unknown"], done.stdout
     assert "3 face(s)" in done.stdout and "threshold" in done.stdout
+    assert "httpx" not in done.stderr, done.stderr  # the library's line per request only with -v
 
 
 def test_without_the_key_it_says_why_and_exits_1(
