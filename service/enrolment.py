@@ -102,4 +102,4 @@ def begin(
     yield unit
     session.commit()
     if follower is not None:
-        follower.catch_up()
+        follower.after_write()

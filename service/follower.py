@@ -111,6 +111,14 @@ class ChangeFollower:
                 self._apply(batch, vectors)
                 applied += len(batch)
 
+    def after_write(self) -> None:
+        """`catch_up` for a request that has just committed: its change is in SQL whatever happens here, so a
+        failure to read the log is left to the background thread (and reported there), not to the request."""
+        try:
+            self.catch_up()
+        except Exception as exc:  # the write is committed; failing its answer would invite a retry
+            log.warning("could not apply this process's own write at once: %s", _describe(exc))
+
     def _apply(self, batch: Sequence[Change], vectors: dict[int, tuple[Any, Any]]) -> None:
         gallery = self.gallery
         with gallery.writing():

@@ -107,7 +107,7 @@ def delete_identity(identity_id: uuid.UUID, db: DB, state: State, caller: Enroll
         record(db, caller, Actions.IDENTITY_DELETE, "identity", identity_id, {"faces": len(keys)})
         db.commit()
         # Read-your-writes: this process's index drops the person before the answer; others follow the log.
-        state.follower.catch_up()
+        state.follower.after_write()
     except StaleDataError as exc:  # another request deleted it first
         db.rollback()
         raise not_found("identity") from exc
@@ -171,7 +171,7 @@ def delete_face(identity_id: uuid.UUID, face_id: uuid.UUID, db: DB, state: State
             raise not_found("face")
         record(db, caller, Actions.FACE_DELETE, "face", face_id, {"identity_id": str(identity_id)})
         db.commit()
-        state.follower.catch_up()
+        state.follower.after_write()
     except StaleDataError as exc:  # deleted by another request (or with its identity) meanwhile
         db.rollback()
         raise not_found("face") from exc
