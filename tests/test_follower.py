@@ -188,3 +188,14 @@ def _until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "not within the time allowed"
         time.sleep(0.02)
+
+
+def test_a_committed_write_is_not_failed_when_applying_it_at_once_fails(
+    sessions: sessionmaker[Session],
+) -> None:
+    follower = _follower(sessions)
+    with sessions.kw["bind"].begin() as connection:
+        connection.execute(text("ALTER TABLE changes RENAME TO changes_away"))
+    with pytest.raises(Exception, match="changes"):
+        follower.catch_up()
+    follower.after_write()  # the request's answer does not depend on it: the follower catches up later
