@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         default=80, ge=1, le=4096, description="HNSW build candidate list: build time vs graph quality."
     )
     hnsw_ef_search: int = Field(
-        default=200, ge=1, le=65_536, description="HNSW search candidate list (at least k): latency vs recall."
+        default=200, ge=1, le=65_536, description="HNSW search candidate list (at least k): speed vs recall."
     )
     embedder_precision: Literal["fp32", "fp16"] = Field(
         default="fp32", description="fp16 runs the half-precision export of the embedder; CUDA only."

@@ -29,8 +29,9 @@ def index_type_refusal(index_type: str, device: str) -> str | None:
     if index_type == "hnsw" and device == "cuda":
         # FAISS has no GPU HNSW; moving the gallery to the CPU unasked would hide a wrong setting.
         return (
-            "FACEBANK_INDEX_TYPE=hnsw runs on the CPU only, but FACEBANK_DEVICE=cuda: use FACEBANK_DEVICE=cpu "
-            "(or auto, which keeps the models on the GPU and this index on the CPU), or FACEBANK_INDEX_TYPE=flat"
+            "FACEBANK_INDEX_TYPE=hnsw runs on the CPU only, but FACEBANK_DEVICE=cuda: use "
+            "FACEBANK_DEVICE=cpu (or auto: models on the GPU, this index on the CPU) "
+            "or FACEBANK_INDEX_TYPE=flat"
         )
     return None
 
@@ -58,7 +59,7 @@ def make_index(
     search_threads: int = 1,
     fp16: bool = True,
     index_type: IndexType = "flat",
-    hnsw: HnswParams = HnswParams(),
+    hnsw: HnswParams | None = None,
 ) -> VectorIndex:
     """`cpu`: FaissFlatIndex; `cuda`: FaissGpuFlatIndex or a clear error; `auto`: the GPU if FAISS has one.
 
@@ -72,7 +73,7 @@ def make_index(
     if index_type == "hnsw":
         if device == "auto":
             log.info("index type hnsw: the index runs on the CPU whatever device=auto finds")
-        return FaissHnswIndex(dim, params=hnsw, search_threads=search_threads)
+        return FaissHnswIndex(dim, params=hnsw or HnswParams(), search_threads=search_threads)
     # Requests already search concurrently from a thread pool, and waking OpenMP workers for one small
     # query costs more than it saves (a 100-face search took 9.6 ms in the server with 2 threads).
     if device == "cpu":

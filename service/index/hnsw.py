@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class HnswParams:
     """HNSW's knobs: `m` links per node (memory and build time grow with it), `ef_construction` the
-    candidate list while building, `ef_search` the candidate list per query (recall vs latency; at least k)."""
+    candidate list while building, `ef_search` the candidate list per query (recall vs speed; at least k)."""
 
     m: int = 32
     ef_construction: int = 80
@@ -59,11 +59,12 @@ class HnswStorage:
     ) -> tuple[np.ndarray, np.ndarray]:
         """`live`: packed little-endian bitmap of the positions that may be returned (None: all)."""
         # Per call, not on the index: concurrent searches must not share a mutable setting.
-        params = faiss.SearchParametersHNSW()
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
         params.efSearch = max(self.params.ef_search, k)
         selector = None
         if live is not None:
-            selector = faiss.IDSelectorBitmap(live)
+            # FAISS's Python wrapper takes the array itself (the stubs only know the C++ (n, bitmap) form).
+            selector = faiss.IDSelectorBitmap(live)  # type: ignore[call-arg, arg-type]
             params.sel = selector
         scores, positions = self._index.search(queries, k, params=params)
         del selector  # kept alive until FAISS is done with it
@@ -85,11 +86,12 @@ class FaissHnswIndex(SlotIndex):
         self,
         dim: int,
         *,
-        params: HnswParams = HnswParams(),
+        params: HnswParams | None = None,
         search_threads: int = 1,
         compact_fraction: float = 0.2,
         compact_min: int = 1024,
     ) -> None:
+        params = params or HnswParams()
         if params.m < 2 or params.ef_construction < 1 or params.ef_search < 1:
             raise ValueError(f"HNSW parameters out of range: {params}")
         self.params = params

@@ -1,4 +1,4 @@
-"""What every CPU index type does alike: the flat index's behaviour, which HNSW keeps (removal by tombstones)."""
+"""What every CPU index type does alike: the flat index's behaviour, which HNSW keeps (as tombstones)."""
 
 from collections.abc import Callable
 
@@ -136,7 +136,9 @@ def test_a_repeated_id_within_one_add_is_stored_once_with_its_last_vector(new_in
     np.testing.assert_allclose(index.search(vectors[2:3], 1).scores[0, 0], 1.0, rtol=1e-5)
 
 
-def test_a_batch_of_queries_scores_like_one_query_at_a_time_and_leaves_faiss_settings_alone(new_index: NewIndex) -> None:
+def test_a_batch_of_queries_scores_like_one_query_at_a_time_and_leaves_faiss_settings_alone(
+    new_index: NewIndex,
+) -> None:
     import faiss
 
     index = new_index(16)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -133,3 +135,18 @@ def test_hnsw_with_device_auto_runs_on_the_cpu() -> None:
 def test_an_unknown_index_type_is_refused() -> None:
     with pytest.raises(IndexTypeUnavailable, match="flat or hnsw"):
         make_index(DIM, index_type="ivf")  # type: ignore[arg-type]
+
+
+def test_serve_refuses_hnsw_on_cuda_in_one_line_before_starting(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main as facebank
+
+    monkeypatch.setenv("FACEBANK_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("FACEBANK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FACEBANK_INDEX_TYPE", "hnsw")
+    monkeypatch.setenv("FACEBANK_DEVICE", "cuda")
+    assert facebank(["serve", "--port", "1"]) == 2  # port 1: were it to start, binding would fail loudly
+    error = capsys.readouterr().err
+    assert error.startswith("error: refusing to serve: FACEBANK_INDEX_TYPE=hnsw runs on the CPU only")
+    assert error.count("\n") == 1
