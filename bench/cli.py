@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("embedder", "detector", "search", "rest", "e2e", "replicas")
-# replicas starts several servers on SQLite and PostgreSQL (minutes): asked for by name only.
+SECTIONS = ("embedder", "detector", "search", "rest", "e2e", "replicas", "ann")
+# replicas starts several servers on SQLite and PostgreSQL (minutes), ann builds HNSW graphs of up to 1M
+# faces (minutes on two cores): asked for by name only.
 DEFAULT_SECTIONS = ("embedder", "detector", "search", "rest", "e2e")
 
 DESCRIPTION = (
@@ -43,7 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SECTIONS,
         default=list(DEFAULT_SECTIONS),
         metavar="SECTION",
-        help=f"which to run, in order: {' '.join(SECTIONS)} (default all but replicas)",
+        help=f"which to run, in order: {' '.join(SECTIONS)} (default all but replicas and ann)",
+    )
+    parser.add_argument(
+        "--ann-sizes",
+        nargs="+",
+        type=int,
+        default=[100_000, 1_000_000],
+        metavar="N",
+        help="gallery sizes of the ann section (default 100000 1000000; --quick: 10000)",
     )
     parser.add_argument("--shared", type=Path, help="folder with data/lfw and models/ (default ../shared)")
     parser.add_argument(

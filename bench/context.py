@@ -142,6 +142,7 @@ class Context:
     report: Report
     out: TextIO = field(default=sys.stdout)
     server_env: dict[str, str] = field(default_factory=dict)  # extra environment for the REST server
+    ann_sizes: tuple[int, ...] = (100_000, 1_000_000)  # gallery sizes of the `ann` section
     started: float = field(default_factory=time.perf_counter)
 
     def log(self, message: str) -> None:

@@ -17,7 +17,7 @@ from service.config import Settings
 
 
 def _sections() -> dict[str, Callable[[Context], None]]:
-    from bench import end_to_end, inference, replicas, rest, search
+    from bench import ann, end_to_end, inference, replicas, rest, search
 
     return {
         "embedder": inference.run_embedder,
@@ -26,6 +26,7 @@ def _sections() -> dict[str, Callable[[Context], None]]:
         "rest": rest.run,
         "e2e": end_to_end.run,
         "replicas": replicas.run,
+        "ann": ann.run,
     }
 
 
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace, settings: Settings, argv: list[str] | None = N
             report=report,
             out=out,
             server_env=dict(item.split("=", 1) for item in args.server_env or []),
+            ann_sizes=tuple(args.ann_sizes),
         )
         try:
             context.models  # noqa: B018 (load once, fail early with the reason)

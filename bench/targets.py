@@ -66,6 +66,11 @@ def evaluate(report: Report, *, device: str, quick: bool) -> list[Target]:
         _times_baseline(
             report, "identify throughput while following", "replicas.follow_cost.identify_rps", 0.95
         ),
+        # Issue 12: approximate search in-process, default HNSW parameters, one thread.
+        _at_most(report, "CPU: HNSW one-query p50 at 1M×128", "ann.1m.hnsw.single_p50_ms", 2, "ms"),
+        _at_least(
+            report, "CPU: HNSW identity recall@10 at 1M×128", "ann.1m.hnsw.identity_recall_at_10", 0.99, ""
+        ),
     ]
     if quick:
         for target in targets:

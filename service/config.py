@@ -42,6 +42,18 @@ class Settings(BaseSettings):
     index_fp16: bool = Field(
         default=True, description="GPU index keeps vectors as fp16 (half the memory traffic); ignored on CPU."
     )
+    index_type: Literal["flat", "hnsw"] = Field(
+        default="flat",
+        description="flat: exact search (CPU or GPU); hnsw: approximate search on the CPU (FAISS HNSW), for "
+        "galleries where flat is too slow; refused with device=cuda.",
+    )
+    hnsw_m: int = Field(default=32, ge=2, le=256, description="HNSW links per face: memory and recall.")
+    hnsw_ef_construction: int = Field(
+        default=80, ge=1, le=4096, description="HNSW build candidate list: build time vs graph quality."
+    )
+    hnsw_ef_search: int = Field(
+        default=200, ge=1, le=65_536, description="HNSW search candidate list (at least k): speed vs recall."
+    )
     embedder_precision: Literal["fp32", "fp16"] = Field(
         default="fp32", description="fp16 runs the half-precision export of the embedder; CUDA only."
     )

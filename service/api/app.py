@@ -26,7 +26,7 @@ from service.api.state import AppState, Serving
 from service.config import Settings
 from service.follower import ChangeFollower
 from service.gallery import Gallery
-from service.index import make_index
+from service.index import index_for
 from service.pipeline.factory import build_pipeline
 from service.runtime import LoadedModels
 from service.security import NO_KEYS_HINT, is_loopback
@@ -68,12 +68,7 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
     try:
         settings = resolve_embedder(settings, sessions, loaded_tag=models.embedder_tag if models else None)
         pipeline, models = build_pipeline(settings, models)
-        index = make_index(
-            models.embedder_config.dim,
-            device=settings.device,
-            search_threads=settings.search_threads,
-            fp16=settings.index_fp16,
-        )
+        index = index_for(settings, models.embedder_config.dim)
         gallery = Gallery(index, sessions, models.embedder_tag)
         follower = ChangeFollower(
             gallery,
@@ -111,12 +106,7 @@ def _switch_embedder(state: AppState, tag: str) -> Gallery:
     Raises (and nothing changes) when this host cannot, e.g. the model is not prepared in its model folder."""
     settings = state.settings.model_copy(update={"embedder": available_name(state.settings, tag)})
     pipeline, models = build_pipeline(settings)
-    index = make_index(
-        models.embedder_config.dim,
-        device=settings.device,
-        search_threads=settings.search_threads,
-        fp16=settings.index_fp16,
-    )
+    index = index_for(settings, models.embedder_config.dim)
     gallery = Gallery(index, state.sessions, models.embedder_tag)
     gallery.rebuild()
     previous, state.serving = (

@@ -67,7 +67,7 @@ def load_for_serving(settings: Settings) -> tuple[LoadedModels | None, str | Non
         conflict_message,
         embedder_set_explicitly,
     )
-    from service.index import gpu_unavailable_reason
+    from service.index import gpu_unavailable_reason, index_type_refusal
     from service.runtime import ModelLoadError, load_models
     from service.storage import service_settings
 
@@ -78,6 +78,8 @@ def load_for_serving(settings: Settings) -> tuple[LoadedModels | None, str | Non
             configured = configured_tag(settings)
             if configured != active:
                 return None, conflict_message(settings, configured, active)
+        if (refusal := index_type_refusal(settings.index_type, settings.device)) is not None:
+            return None, refusal
         if settings.device == "cuda" and (reason := gpu_unavailable_reason()) is not None:
             return None, f"FACEBANK_DEVICE=cuda but the vector index cannot use a GPU: {reason}"
         embedder = available_name(settings, active) if active else settings.embedder

@@ -1,15 +1,55 @@
-"""`make_index`: the index for the configured device."""
+"""`make_index`: the index for the configured device and index type."""
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from service.index.base import VectorIndex
 from service.index.faiss_gpu import FaissGpuFlatIndex, GpuIndexUnavailable, gpu_unavailable_reason
 from service.index.faiss_index import FaissFlatIndex
+from service.index.hnsw import FaissHnswIndex, HnswParams
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 log = logging.getLogger(__name__)
+
+IndexType = Literal["flat", "hnsw"]
+
+
+class IndexTypeUnavailable(ValueError):
+    """The configured index type cannot run on the configured device."""
+
+
+def index_type_refusal(index_type: str, device: str) -> str | None:
+    """Why this index type cannot serve on this device (a one-line start-up refusal), or None."""
+    if index_type not in ("flat", "hnsw"):
+        return f"FACEBANK_INDEX_TYPE must be flat or hnsw, not {index_type!r}"
+    if index_type == "hnsw" and device == "cuda":
+        # FAISS has no GPU HNSW; moving the gallery to the CPU unasked would hide a wrong setting.
+        return (
+            "FACEBANK_INDEX_TYPE=hnsw runs on the CPU only, but FACEBANK_DEVICE=cuda: use "
+            "FACEBANK_DEVICE=cpu (or auto: models on the GPU, this index on the CPU) "
+            "or FACEBANK_INDEX_TYPE=flat"
+        )
+    return None
+
+
+def index_for(settings: Settings, dim: int) -> VectorIndex:
+    """The index `settings` ask for (device, type and their parameters)."""
+    return make_index(
+        dim,
+        device=settings.device,
+        search_threads=settings.search_threads,
+        fp16=settings.index_fp16,
+        index_type=settings.index_type,
+        hnsw=HnswParams(
+            m=settings.hnsw_m,
+            ef_construction=settings.hnsw_ef_construction,
+            ef_search=settings.hnsw_ef_search,
+        ),
+    )
 
 
 def make_index(
@@ -18,11 +58,22 @@ def make_index(
     device: Literal["auto", "cpu", "cuda"] = "cpu",
     search_threads: int = 1,
     fp16: bool = True,
+    index_type: IndexType = "flat",
+    hnsw: HnswParams | None = None,
 ) -> VectorIndex:
     """`cpu`: FaissFlatIndex; `cuda`: FaissGpuFlatIndex or a clear error; `auto`: the GPU if FAISS has one.
 
-    `search_threads` is the CPU index's OpenMP thread count per search, `fp16` the GPU index's storage.
+    `index_type="hnsw"`: FaissHnswIndex (approximate, CPU only: refused with `cuda`, on the CPU with
+    `auto`). `search_threads` is the CPU indexes' OpenMP thread count per search, `fp16` the GPU index's
+    storage.
     """
+    refusal = index_type_refusal(index_type, device)
+    if refusal is not None:
+        raise IndexTypeUnavailable(refusal)
+    if index_type == "hnsw":
+        if device == "auto":
+            log.info("index type hnsw: the index runs on the CPU whatever device=auto finds")
+        return FaissHnswIndex(dim, params=hnsw or HnswParams(), search_threads=search_threads)
     # Requests already search concurrently from a thread pool, and waking OpenMP workers for one small
     # query costs more than it saves (a 100-face search took 9.6 ms in the server with 2 threads).
     if device == "cpu":

@@ -123,6 +123,8 @@ class SlotIndex:
         # Serialises the storage's searches when it cannot search from several threads at once (GPU).
         self._storage_lock = threading.Lock()
         self.compactions = 0  # for tests and logs
+        # Counts changes to the slot table (made on the write side), so readers can cache what they derive.
+        self.writes = 0
 
     def __len__(self) -> int:
         with self._lock.reading():
@@ -157,6 +159,7 @@ class SlotIndex:
             self._grow(start + len(ids))
             self._slot_ids[start : start + len(ids)] = ids
             self._slot_of.update(zip(ids.tolist(), range(start, start + len(ids)), strict=True))
+            self.writes += 1
             self._maybe_compact()
 
     def remove(self, ids: np.ndarray) -> int:
@@ -165,6 +168,7 @@ class SlotIndex:
             self._check_usable()
             slots = [self._slot_of.pop(key) for key in set(ids.tolist()) if key in self._slot_of]
             self._bury(slots)
+            self.writes += 1
             self._maybe_compact()
         return len(slots)
 
@@ -198,6 +202,7 @@ class SlotIndex:
             self._slot_ids = np.empty(0, np.int64)
             self._slot_of = {}
             self._broken = None  # the storage is empty again: positions and slots agree
+            self.writes += 1
 
     def compact(self) -> None:
         """Copy the live vectors, in order, into a fresh storage and drop the tombstones."""
@@ -223,6 +228,7 @@ class SlotIndex:
         self._slot_ids = live_ids.copy()
         self._slot_of = dict(zip(live_ids.tolist(), range(len(live_ids)), strict=True))
         self.compactions += 1
+        self.writes += 1
         log.debug("index compacted: %d vectors kept of %d", len(live_ids), total)
 
     def _storage_turn(self) -> AbstractContextManager[object]:

@@ -1,16 +1,28 @@
+"""What every CPU index type does alike: the flat index's behaviour, which HNSW keeps (as tombstones)."""
+
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
-from service.index import FaissFlatIndex
+from service.index import FaissFlatIndex, FaissHnswIndex, VectorIndex
 from service.pipeline.embed import l2_normalize
+
+NewIndex = Callable[..., VectorIndex]
+
+
+@pytest.fixture(params=["flat", "hnsw"])
+def new_index(request: pytest.FixtureRequest) -> NewIndex:
+    """Makes an index of the type under test: `new_index(dim, search_threads=...)`."""
+    return {"flat": FaissFlatIndex, "hnsw": FaissHnswIndex}[request.param]  # type: ignore[return-value]
 
 
 def _vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
     return l2_normalize(np.random.default_rng(seed).normal(size=(n, dim)))
 
 
-def test_search_finds_each_vector_as_its_own_best_match_by_id() -> None:
-    index = FaissFlatIndex(16)
+def test_search_finds_each_vector_as_its_own_best_match_by_id(new_index: NewIndex) -> None:
+    index = new_index(16)
     vectors = _vectors(50)
     ids = np.arange(1000, 1050)
     index.add(ids, vectors)
@@ -20,8 +32,8 @@ def test_search_finds_each_vector_as_its_own_best_match_by_id() -> None:
     assert np.all(np.diff(result.scores, axis=1) <= 1e-6)
 
 
-def test_scores_are_cosine_similarities() -> None:
-    index = FaissFlatIndex(16)
+def test_scores_are_cosine_similarities(new_index: NewIndex) -> None:
+    index = new_index(16)
     vectors = _vectors(20)
     index.add(np.arange(20), vectors)
     query = _vectors(1, seed=9)
@@ -30,8 +42,8 @@ def test_scores_are_cosine_similarities() -> None:
     np.testing.assert_allclose(result.scores[0], expected, rtol=1e-5)
 
 
-def test_removed_ids_are_never_returned_and_counts_follow() -> None:
-    index = FaissFlatIndex(16)
+def test_removed_ids_are_never_returned_and_counts_follow(new_index: NewIndex) -> None:
+    index = new_index(16)
     vectors = _vectors(10)
     index.add(np.arange(10), vectors)
     assert index.remove(np.array([3, 7, 42])) == 2
@@ -41,8 +53,8 @@ def test_removed_ids_are_never_returned_and_counts_follow() -> None:
     assert index.ids().tolist() == [0, 1, 2, 4, 5, 6, 8, 9]
 
 
-def test_adding_an_existing_id_replaces_its_vector() -> None:
-    index = FaissFlatIndex(16)
+def test_adding_an_existing_id_replaces_its_vector(new_index: NewIndex) -> None:
+    index = new_index(16)
     vectors = _vectors(2)
     index.add(np.array([5]), vectors[:1])
     index.add(np.array([5]), vectors[1:])
@@ -51,35 +63,35 @@ def test_adding_an_existing_id_replaces_its_vector() -> None:
     np.testing.assert_allclose(index.search(vectors[1:], 1).scores[0, 0], 1.0, rtol=1e-5)
 
 
-def test_search_on_an_empty_index_returns_minus_one_ids() -> None:
-    result = FaissFlatIndex(16).search(_vectors(2), 4)
+def test_search_on_an_empty_index_returns_minus_one_ids(new_index: NewIndex) -> None:
+    result = new_index(16).search(_vectors(2), 4)
     assert result.ids.shape == (2, 4) and np.all(result.ids == -1)
 
 
-def test_asking_for_more_than_stored_pads_with_minus_one() -> None:
-    index = FaissFlatIndex(16)
+def test_asking_for_more_than_stored_pads_with_minus_one(new_index: NewIndex) -> None:
+    index = new_index(16)
     index.add(np.arange(2), _vectors(2))
     assert index.search(_vectors(1, seed=3), 5).ids[0, 2:].tolist() == [-1, -1, -1]
 
 
-def test_wrong_dimension_is_refused() -> None:
+def test_wrong_dimension_is_refused(new_index: NewIndex) -> None:
     with pytest.raises(ValueError, match="shape"):
-        FaissFlatIndex(16).add(np.arange(2), _vectors(2, dim=8))
+        new_index(16).add(np.arange(2), _vectors(2, dim=8))
 
 
-def test_reset_empties_the_index() -> None:
-    index = FaissFlatIndex(16)
+def test_reset_empties_the_index(new_index: NewIndex) -> None:
+    index = new_index(16)
     index.add(np.arange(4), _vectors(4))
     index.reset()
     assert len(index) == 0 and index.ids().size == 0
 
 
-def test_search_uses_the_configured_thread_count_from_any_thread() -> None:
+def test_search_uses_the_configured_thread_count_from_any_thread(new_index: NewIndex) -> None:
     import threading
 
     import faiss
 
-    index = FaissFlatIndex(16, search_threads=1)
+    index = new_index(16, search_threads=1)
     index.add(np.arange(4), _vectors(4))
     seen: list[int] = []
 
@@ -94,8 +106,8 @@ def test_search_uses_the_configured_thread_count_from_any_thread() -> None:
     assert seen == [1]
 
 
-def test_adding_ids_below_the_largest_still_replaces_them() -> None:
-    index = FaissFlatIndex(16)
+def test_adding_ids_below_the_largest_still_replaces_them(new_index: NewIndex) -> None:
+    index = new_index(16)
     vectors = _vectors(4)
     index.add(np.array([10, 20]), vectors[:2])
     index.remove(np.array([20]))
@@ -106,8 +118,8 @@ def test_adding_ids_below_the_largest_still_replaces_them() -> None:
     assert 10 not in index.search(vectors[:1], 2).ids[0, :1]
 
 
-def test_ids_added_after_a_reset_are_not_mistaken_for_old_ones() -> None:
-    index = FaissFlatIndex(16)
+def test_ids_added_after_a_reset_are_not_mistaken_for_old_ones(new_index: NewIndex) -> None:
+    index = new_index(16)
     vectors = _vectors(3)
     index.add(np.array([7]), vectors[:1])
     index.reset()
@@ -116,18 +128,20 @@ def test_ids_added_after_a_reset_are_not_mistaken_for_old_ones() -> None:
     assert len(index) == 1 and index.search(vectors[2:3], 1).ids[0, 0] == 7
 
 
-def test_a_repeated_id_within_one_add_is_stored_once_with_its_last_vector() -> None:
-    index = FaissFlatIndex(16)
+def test_a_repeated_id_within_one_add_is_stored_once_with_its_last_vector(new_index: NewIndex) -> None:
+    index = new_index(16)
     vectors = _vectors(3)
     index.add(np.array([4, 9, 4]), vectors)
     assert len(index) == 2 and index.ids().tolist() == [4, 9]
     np.testing.assert_allclose(index.search(vectors[2:3], 1).scores[0, 0], 1.0, rtol=1e-5)
 
 
-def test_a_batch_of_queries_scores_like_one_query_at_a_time_and_leaves_faiss_settings_alone() -> None:
+def test_a_batch_of_queries_scores_like_one_query_at_a_time_and_leaves_faiss_settings_alone(
+    new_index: NewIndex,
+) -> None:
     import faiss
 
-    index = FaissFlatIndex(16)
+    index = new_index(16)
     index.add(np.arange(300), _vectors(300))
     queries = _vectors(9, seed=4)
     before = faiss.cvar.distance_compute_blas_threshold
