@@ -22,7 +22,7 @@ ALLOWED = {
     "service.schemas": set(),
     "service.runtime": set(),
     "service.storage": {"migrations"},
-    "service.index": {"service.schemas"},
+    "service.index": {"service.schemas", "service.config"},
     "service.pipeline": {"service.runtime", "service.schemas", "service.config"},
 }
 
