@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CELEBA = Path("../shared/data/celeba-train")
+from models.evaluation.folders import DEFAULT_CELEBA
 
 
 def _settings_for(args: argparse.Namespace, settings: Any) -> Any:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# Where the evaluation data sets lie beside the repository (../shared); LFW is a test set only.
+DEFAULT_LFW = Path("../shared/data/lfw")
+DEFAULT_CELEBA = Path("../shared/data/celeba-train")
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from models.evaluation.faces import CacheKeys, FaceBatch, FaceChoice, embed_files
-from models.evaluation.folders import list_identity_folders
+from models.evaluation.folders import DEFAULT_LFW, list_identity_folders
 from models.evaluation.lfw import (
     IdentificationSplit,
     LfwImage,
@@ -47,7 +47,6 @@ from service.pipeline.factory import build_pipeline
 
 Progress = Callable[[str], None]
 
-DEFAULT_LFW = Path("../shared/data/lfw")
 DEFAULT_PAIRS = Path("../shared/data/lfw-pairs.txt")
 FAR = 1e-3
 

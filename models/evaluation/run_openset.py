@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from models.evaluation.folders import LabelledImage, list_identity_folders
+from models.evaluation.folders import DEFAULT_CELEBA, DEFAULT_LFW, LabelledImage, list_identity_folders
 from models.evaluation.lfw import LfwImage, list_images
 from models.evaluation.openset import (
     OpenSetPoint,
@@ -41,13 +41,10 @@ from models.evaluation.openset import (
     open_set_split,
     threshold_at_fpir,
 )
-from models.evaluation.run import DEFAULT_LFW, embed_paths
+from models.evaluation.run import Progress, embed_paths
 from service.config import Settings
 from service.runtime.manifest import load_manifest
 
-Progress = Callable[[str], None]
-
-DEFAULT_CELEBA = Path("../shared/data/celeba-train")
 FPIR_TARGETS = (0.01, 0.001)
 SMALL_GALLERY_DRAWS = 5
 
