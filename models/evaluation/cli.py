@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from models.evaluation.folders import DEFAULT_CELEBA
+from models.evaluation.folders import DEFAULT_CELEBA, inside_lfw
 
 
 def _settings_for(args: argparse.Namespace, settings: Any) -> Any:
@@ -61,7 +61,7 @@ def _eval_calibrate(args: argparse.Namespace, settings: Any) -> int:
     from models.evaluation.run import calibrate_on_folder
     from service.runtime import ModelLoadError
 
-    if "lfw" in (part.lower() for part in args.dataset.resolve().parts):
+    if inside_lfw(args.dataset):
         print("error: LFW is a test set; calibrate on other data (e.g. celeba-train)", file=sys.stderr)
         return 2
     identities = None

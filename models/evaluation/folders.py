@@ -9,6 +9,12 @@ from pathlib import Path
 DEFAULT_LFW = Path("../shared/data/lfw")
 DEFAULT_CELEBA = Path("../shared/data/celeba-train")
 
+def inside_lfw(path: Path) -> bool:
+    """True for a path inside a folder named lfw (links resolved): LFW is the test set, never for training,
+    calibrating or choosing a threshold."""
+    return any(part.lower() == "lfw" for part in Path(path).resolve().parts)
+
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
 

@@ -29,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from models.evaluation.folders import DEFAULT_CELEBA, DEFAULT_LFW, LabelledImage, list_identity_folders
+from models.evaluation.folders import (
+    DEFAULT_CELEBA,
+    DEFAULT_LFW,
+    LabelledImage,
+    inside_lfw,
+    list_identity_folders,
+)
 from models.evaluation.lfw import LfwImage, list_images
 from models.evaluation.openset import (
     OpenSetPoint,
@@ -317,7 +323,7 @@ def evaluate_open_set(
     progress: Progress | None = None,
 ) -> OpenSetReport:
     """Open-set identification on LFW at thresholds chosen on CelebA folds (see the module docstring)."""
-    if any(part.lower() == "lfw" for part in Path(celeba_dir).resolve().parts):
+    if inside_lfw(celeba_dir):
         raise ValueError("thresholds must not be chosen on LFW; give a CelebA-like set for --celeba")
     started = time.perf_counter()
     targets = tuple(fpir_targets)

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from models.evaluation.folders import inside_lfw
+
 LossName = Literal["softmax", "cosface", "coco", "csoftmax"]
 LOSSES: tuple[LossName, ...] = ("softmax", "cosface", "coco", "csoftmax")
 HeadInit = Literal["random", "centroids"]
@@ -70,7 +72,7 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.name and not _NAME.match(self.name):
             raise ValueError(f"name {self.name!r}: lower-case letters, digits, '.', '_' and '-' only")
-        if "lfw" in (part.lower() for part in Path(self.dataset).parts):
+        if inside_lfw(Path(self.dataset)):
             raise ValueError("LFW is the test set: never train on it")
 
     @property
