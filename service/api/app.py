@@ -92,7 +92,6 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
         sessions=sessions,
         serving=Serving.of(settings, pipeline, gallery, models.embedder_config.threshold),
         follower=follower,
-        detector_tag=models.detector_tag,
         open_without_keys=loopback,
         image_slots=Admission(max(2, os.cpu_count() or 2), queue=settings.image_queue),
     )

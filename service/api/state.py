@@ -26,7 +26,6 @@ class Serving:
 
     pipeline: FacePipeline
     gallery: Gallery
-    embedder_tag: str
     threshold: float
     # Gathers concurrent identify/detect requests into one model call; None when batch_max_wait_ms is 0.
     batcher: RecognitionBatcher | None
@@ -43,7 +42,11 @@ class Serving:
                 max_wait_s=settings.batch_max_wait_ms / 1000,
                 queue=settings.image_queue,
             )
-        return cls(pipeline, gallery, gallery.model_tag, threshold, batcher)
+        return cls(pipeline, gallery, threshold, batcher)
+
+    @property
+    def embedder_tag(self) -> str:
+        return self.gallery.model_tag
 
     def close(self, timeout: float = 30.0) -> None:
         if self.batcher is not None:
@@ -58,7 +61,6 @@ class AppState:
     serving: Serving
     # Keeps the serving gallery in step with the change log; every write's index update goes through it.
     follower: ChangeFollower
-    detector_tag: str
     # True when the server was configured to listen on loopback only: then, while no API key exists, local
     # callers need none.
     open_without_keys: bool

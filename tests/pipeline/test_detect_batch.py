@@ -25,6 +25,7 @@ from service.pipeline.factory import build_pipeline
 from service.runtime import LoadedModels
 from service.schemas import DetectedFace
 from tests.conftest import LFW
+from tests.pipeline._sessions import CountingSession
 
 PEOPLE = [
     "Colin_Powell",
@@ -54,18 +55,6 @@ RESHAPES: list[Callable[[Image.Image], Image.Image]] = [
 # Same shape, so the same arithmetic per image: measured identical; the slack covers a BLAS that blocks a
 # batch differently from a single image (float32 rounding, far below a pixel or a score's 5th decimal).
 SAME_PX, SAME_SCORE = 1e-3, 1e-5
-
-
-class CountingSession:
-    """The real ONNX session, recording the input shape of every call."""
-
-    def __init__(self, session: object) -> None:
-        self._session = session
-        self.shapes: list[tuple[int, ...]] = []
-
-    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.shapes.append(feed["input"].shape)
-        return self._session.run(output_names, feed)  # type: ignore[attr-defined,no-any-return]
 
 
 @pytest.fixture(scope="module")

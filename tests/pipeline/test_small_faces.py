@@ -18,6 +18,7 @@ from service.pipeline import FacePipeline
 from service.pipeline.detect import FINE_PASS_MAX_SIDE, fine_pass_scale
 from service.pipeline.factory import build_pipeline
 from tests.conftest import LFW
+from tests.pipeline._sessions import CountingSession
 
 
 def test_the_fine_pass_runs_only_where_the_shrunk_photo_loses_the_wanted_faces() -> None:
@@ -89,25 +90,13 @@ def test_batched_requests_each_get_their_own_smallest_face(
         np.testing.assert_allclose(_boxes(got), _boxes(expected), atol=1e-3)
 
 
-class _ShapeRecorder:
-    """The real ONNX session, recording each call's input shape."""
-
-    def __init__(self, session: object) -> None:
-        self._session = session
-        self.shapes: list[tuple[int, ...]] = []
-
-    def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.shapes.append(feed["input"].shape)
-        return self._session.run(output_names, feed)  # type: ignore[attr-defined,no-any-return]
-
-
 def test_large_second_passes_are_split_across_calls(
     model_dir: Path, pipeline: FacePipeline, group_photo: GroupPhoto
 ) -> None:
     from service.pipeline import Detector
 
     models = build_pipeline(Settings(model_dir=model_dir))[1]
-    recorder = _ShapeRecorder(models.detector_session)
+    recorder = CountingSession(models.detector_session)
     detector = Detector(recorder, models.detector_config)
     found = detector.detect_many([group_photo.image] * 3, find_down_to=32)
     # The three shrunk photos share one call; each 2000 x 1250 second pass (the pixels of ~6 inputs of
