@@ -3,9 +3,9 @@
 Writes commit to SQL first and then touch the index, so a crash between the two leaves SQL right
 and the next start rebuilds the index. Reads filter out keys whose rows are already gone.
 
-Writers hold `Gallery.writing()` around their commit and the index update that follows it, so index updates
-happen in commit order: an enrollment that commits just before its identity is deleted is always removed,
-never re-added after the deletion's removal.
+Index updates come only from the change log, applied in commit order by the process's follower
+(service/follower.py) under `Gallery.writing()`: an enrollment that commits just before its identity is
+deleted is always removed, never re-added after the deletion's removal.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class Gallery:
         self._owner: dict[int, uuid.UUID] = {}
         self._keys_of: dict[uuid.UUID, set[int]] = {}
         self._lock = threading.Lock()
-        # Held across "commit, then update the index" by every writer; never while searching.
+        # Held by the follower while it applies changes, and by rebuild and audit; never while searching.
         self._write_lock = threading.RLock()
         # The keys the last rebuild read from SQL, until a write goes through this gallery: an audit right
         # after a rebuild can compare with them instead of reading SQL a second time (start-up at 1M faces
@@ -61,7 +61,7 @@ class Gallery:
 
     @contextmanager
     def writing(self) -> Iterator[None]:
-        """Hold around a write's commit and its `added`/`removed` call: index updates follow commit order."""
+        """Hold around `added`/`removed` calls (the follower does) so that an audit sees one moment."""
         with self._write_lock:
             yield
 
