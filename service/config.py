@@ -26,6 +26,9 @@ def _user_data_dir() -> Path:
     return Path(base) / "facebank"
 
 
+MilvusIndexType = Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "GPU_CAGRA", "GPU_IVF_FLAT", "AUTOINDEX"]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FACEBANK_", env_file=None, extra="ignore")
 
@@ -53,6 +56,40 @@ class Settings(BaseSettings):
     )
     hnsw_ef_search: int = Field(
         default=200, ge=1, le=65_536, description="HNSW search candidate list (at least k): speed vs recall."
+    )
+    vector_store: Literal["faiss", "milvus"] = Field(
+        default="faiss",
+        description="faiss: an in-process index per server, rebuilt from SQL at start; milvus: one Milvus "
+        "collection per embedder that every replica searches and one elected process fills from the change "
+        "log (docs/deployment.md).",
+    )
+    milvus_uri: str = Field(
+        default="",
+        description="A Milvus server (http://host:19530) or a milvus-lite data path ending in .db (one "
+        "process only); required with vector_store=milvus.",
+    )
+    milvus_token: SecretStr | None = Field(
+        default=None, description="Milvus credentials, `user:password` or an API key; never logged."
+    )
+    milvus_db: str = Field(default="", description="Milvus database; empty: the server's default.")
+    milvus_index: MilvusIndexType = Field(
+        default="FLAT",
+        description="Index type of new collections (inner product on unit vectors; GPU_* need a GPU build).",
+    )
+    milvus_collection_prefix: str = Field(
+        default="facebank",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="Collections are named PREFIX_<model tag>, one per embedder version.",
+    )
+    milvus_timeout_s: float = Field(
+        default=10.0, gt=0.0, le=600.0, description="Longest wait for one Milvus request."
+    )
+    milvus_applied_wait_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=60.0,
+        description="How long a request that wrote waits for the elected writer to apply it to Milvus "
+        "(read-your-writes on every replica); the write is committed either way.",
     )
     embedder_precision: Literal["fp32", "fp16"] = Field(
         default="fp32", description="fp16 runs the half-precision export of the embedder; CUDA only."

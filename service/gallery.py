@@ -6,6 +6,11 @@ and the next start rebuilds the index. Reads filter out keys whose rows are alre
 Index updates come only from the change log, applied in commit order by the process's follower
 (service/follower.py) under `Gallery.writing()`: an enrollment that commits just before its identity is
 deleted is always removed, never re-added after the deletion's removal.
+
+Two stores sit behind the one `SearchGallery` interface that the follower and the API use: `Gallery` here
+(an in-process FAISS index and its key → identity map; each process holds and fills its own) and
+`MilvusGallery` (service/milvus_gallery.py: one shared Milvus collection per embedder, filled by one elected
+process). `gallery_for` picks one from the settings.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -23,6 +29,9 @@ from sqlalchemy.orm import Session
 from service.index import IndexNeedsRebuild, VectorIndex
 from service.schemas import Match
 from service.storage import repository as repo
+
+if TYPE_CHECKING:
+    from service.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +51,79 @@ class IndexAudit:
         return self.missing_from_index == 0 and self.stale_in_index == 0
 
 
+class SearchGallery(Protocol):
+    """What the change-log follower and the API need of a store of one embedder's faces."""
+
+    model_tag: str
+    # True when every process searches one store that a single elected process fills (Milvus); False when
+    # each process fills its own (FAISS).
+    shared: bool
+
+    @property
+    def applies(self) -> bool:
+        """Whether this process writes the change log into the store (always, for a store of its own)."""
+
+    def writing(self) -> AbstractContextManager[None]: ...
+    def rebuild(self) -> int: ...
+    def holds(self, key: int) -> bool: ...
+    def added(self, key: int, identity_id: uuid.UUID, embedding: np.ndarray) -> None: ...
+    def removed(self, keys: Sequence[int], *, identity_id: uuid.UUID | None = None) -> None: ...
+    def identify(self, embeddings: np.ndarray, k: int) -> list[list[Match]]: ...
+    def audit(self, *, since_rebuild: bool = False) -> IndexAudit: ...
+    def face_count(self) -> int: ...
+
+    def store_problem(self) -> str | None:
+        """Why the store cannot answer searches now (for /readyz), or None."""
+
+    def applied_position(self) -> int | None:
+        """The change-log position the shared store holds (None: unknown, resync); unused when not shared."""
+
+    def mark_applied(self, position: int) -> None:
+        """Record in the store that it holds every change up to `position` (shared stores)."""
+
+    def wait_applied(self, position: int) -> bool:
+        """Wait (bounded) until the store holds `position`; True when it does."""
+
+    def set_writer(self, writer: bool) -> None:
+        """Shared stores: whether this process was elected to write (the follower says)."""
+
+
+def gallery_for(
+    settings: Settings, sessions: Callable[[], Session], model_tag: str, dim: int, *, writer: bool = False
+) -> SearchGallery:
+    """The gallery FACEBANK_VECTOR_STORE names; `writer`: whether this process is the elected writer of a
+    shared store. Raises VectorStoreRefused (one line) when Milvus cannot serve this model."""
+    if settings.vector_store == "milvus":
+        from service.index.milvus import MilvusStore, MilvusTarget
+        from service.milvus_gallery import MilvusGallery
+
+        store = MilvusStore.open(MilvusTarget.of(settings), model_tag=model_tag, dim=dim)
+        return MilvusGallery(store, sessions, wait_s=settings.milvus_applied_wait_s, writer=writer)
+    from service.index import index_for
+
+    return Gallery(index_for(settings, dim), sessions, model_tag)
+
+
+def name_matches(
+    sessions: Callable[[], Session], ranked: list[list[tuple[uuid.UUID, float]]], k: int
+) -> list[list[Match]]:
+    """Ranked (identity, score) rows as Matches with names from SQL; an identity deleted after the search
+    is dropped rather than reported by a stale name."""
+    wanted = {identity for row in ranked for identity, _ in row}
+    if not wanted:
+        return [[] for _ in ranked]
+    with sessions() as session:
+        names = repo.identity_names(session, identity_ids=list(wanted))
+    return [
+        [Match(identity_id=i, name=names[i], score=s) for i, s in row if i in names][:k] for row in ranked
+    ]
+
+
 class Gallery:
-    """Maps index keys to identities and ranks identities by their best face."""
+    """Maps index keys to identities and ranks identities by their best face (one process's FAISS index)."""
+
+    shared = False
+    applies = True
 
     def __init__(self, index: VectorIndex, session_factory: Callable[[], Session], model_tag: str) -> None:
         self.index = index
@@ -135,15 +215,25 @@ class Gallery:
         except IndexNeedsRebuild:
             self._rebuild_after_failure()
             ranked = self._rank_identities(queries, k)
-        wanted = {identity for row in ranked for identity, _ in row}
-        if not wanted:
-            return [[] for _ in ranked]
-        with self._sessions() as session:
-            names = repo.identity_names(session, identity_ids=list(wanted))
-        # An identity deleted after the search is dropped rather than reported by a stale name.
-        return [
-            [Match(identity_id=i, name=names[i], score=s) for i, s in row if i in names][:k] for row in ranked
-        ]
+        return name_matches(self._sessions, ranked, k)
+
+    def face_count(self) -> int:
+        return len(self.index)
+
+    def store_problem(self) -> str | None:
+        return None  # in this process's memory
+
+    def applied_position(self) -> int | None:
+        return None  # the follower's own position is this index's
+
+    def mark_applied(self, position: int) -> None:
+        pass
+
+    def wait_applied(self, position: int) -> bool:
+        return True  # this process applied it itself
+
+    def set_writer(self, writer: bool) -> None:
+        pass  # every process writes its own index
 
     def _rank_identities(self, queries: np.ndarray, k: int) -> list[list[tuple[uuid.UUID, float]]]:
         """All queries go to the index in one call (a micro-batch is one search); only the queries whose top

@@ -25,14 +25,14 @@ from service.api.routes import admin, health, identities, recognition
 from service.api.state import AppState, Serving
 from service.config import Settings
 from service.follower import ChangeFollower
-from service.gallery import Gallery
-from service.index import index_for
+from service.gallery import SearchGallery, gallery_for
 from service.pipeline.factory import build_pipeline
 from service.runtime import LoadedModels
 from service.security import NO_KEYS_HINT, is_loopback
 from service.storage import keys as key_repo
 from service.storage.changes import listener_for
 from service.storage.engine import make_engine, make_session_factory
+from service.storage.locks import writer_lock
 from service.storage.migrate import upgrade_to_head
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class NoKeysOnPublicAddress(RuntimeError):
 
 def build_state(settings: Settings, models: LoadedModels | None = None) -> AppState:
     """Open the database (migrated to head), load the database's active embedder (see
-    service/active_model.py), rebuild the index from SQL and verify it."""
+    service/active_model.py), rebuild the index from SQL (or join the shared Milvus store) and verify it."""
     engine = make_engine(settings.resolved_database_url)
     upgrade_to_head(engine)
     sessions = make_session_factory(engine)
@@ -68,23 +68,23 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
     try:
         settings = resolve_embedder(settings, sessions, loaded_tag=models.embedder_tag if models else None)
         pipeline, models = build_pipeline(settings, models)
-        index = index_for(settings, models.embedder_config.dim)
-        gallery = Gallery(index, sessions, models.embedder_tag)
+        gallery = gallery_for(settings, sessions, models.embedder_tag, models.embedder_config.dim)
         follower = ChangeFollower(
             gallery,
             sessions,
             poll_s=settings.follow_poll_ms / 1000,
             retention_s=settings.changes_retention_s,
             listen=listener_for(engine),
+            election=writer_lock(engine) if gallery.shared else None,
         )
-        follower.rebuild()
-    except Exception:  # a wrong model, a missing GPU, a failed rebuild: nothing may stay open
+        follower.start_up()
+    except Exception:  # a wrong model, a missing GPU, a failed rebuild, Milvus refused: nothing may stay open
         engine.dispose()
         raise
     # Checks the index against the keys the rebuild just read (a second full SQL read took 9.6 s at 1M
-    # faces); writes by other processes since then show in /readyz and `facebank doctor`.
-    audit = gallery.audit(since_rebuild=True)
-    if not audit.in_step:
+    # faces); writes by other processes since then show in /readyz and `facebank doctor`. A shared store
+    # was checked by its writer on taking over (counts; `facebank doctor` compares every key).
+    if not gallery.shared and not (audit := gallery.audit(since_rebuild=True)).in_step:
         log.warning("index differs from SQL after the start-up rebuild: %s", audit)
     state = AppState(
         settings=settings,
@@ -100,20 +100,21 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
     return state
 
 
-def _switch_embedder(state: AppState, tag: str) -> Gallery:
-    """After `facebank models use`: load `tag`'s models, rebuild its index from SQL, then serve with them.
-    Raises (and nothing changes) when this host cannot, e.g. the model is not prepared in its model folder."""
+def _switch_embedder(state: AppState, tag: str) -> SearchGallery:
+    """After `facebank models use`: load `tag`'s models, rebuild its index from SQL (Milvus: its writer fills
+    the new model's collection, readers wait for it), then serve with them. Raises (and nothing changes)
+    when this host cannot, e.g. the model is not prepared in its model folder."""
     settings = state.settings.model_copy(update={"embedder": available_name(state.settings, tag)})
     pipeline, models = build_pipeline(settings)
-    index = index_for(settings, models.embedder_config.dim)
-    gallery = Gallery(index, state.sessions, models.embedder_tag)
-    gallery.rebuild()
+    dim, writer = models.embedder_config.dim, state.follower.is_writer
+    gallery = gallery_for(settings, state.sessions, models.embedder_tag, dim, writer=writer)
+    faces = gallery.rebuild()
     previous, state.serving = (
         state.serving,
         Serving.of(settings, pipeline, gallery, models.embedder_config.threshold),
     )
     previous.close()  # lets its queued batched requests finish; new ones take the new serving
-    log.info("now serving with %s (%d faces)", models.embedder_tag, len(index))
+    log.info("now serving with %s (%d faces)", models.embedder_tag, faces)
     return gallery
 
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from service.api.admission import Admission
 from service.api.errors import APIError
-from service.gallery import Gallery
+from service.gallery import SearchGallery
 from service.pipeline import FacePipeline, StageTimes
 from service.pipeline.batching import BatcherClosed, BatchFailed, BatchStats, ItemFailed, MicroBatcher
 from service.pipeline.face_policy import FaceRefused, check_face_limit
@@ -44,7 +44,7 @@ class RecognitionBatcher:
     def __init__(
         self,
         pipeline: FacePipeline,
-        gallery: Gallery,
+        gallery: SearchGallery,
         *,
         max_faces: int,
         max_size: int,

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from service.index.milvus import VectorStoreUnavailable
 from service.pipeline.face_policy import FaceRefused
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FaceRefused)
     async def _face_refused(_: Request, exc: FaceRefused) -> JSONResponse:
         return JSONResponse(error_body(exc.code, exc.message), status_code=422)
+
+    @app.exception_handler(VectorStoreUnavailable)
+    async def _store_unavailable(_: Request, exc: VectorStoreUnavailable) -> JSONResponse:
+        # The engine's message names its address, not credentials (the token is never in it).
+        log.warning("vector store unavailable: %s", exc)
+        return JSONResponse(
+            error_body("vector_store_unavailable", f"the vector store cannot answer now, try again: {exc}"),
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

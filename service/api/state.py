@@ -13,7 +13,7 @@ from service.api.batching import RecognitionBatcher
 from service.api.throttle import Throttle
 from service.config import Settings
 from service.follower import ChangeFollower
-from service.gallery import Gallery
+from service.gallery import SearchGallery
 from service.pipeline import FacePipeline
 
 
@@ -25,13 +25,15 @@ class Serving:
     vectors with another's index."""
 
     pipeline: FacePipeline
-    gallery: Gallery
+    gallery: SearchGallery
     threshold: float
     # Gathers concurrent identify/detect requests into one model call; None when batch_max_wait_ms is 0.
     batcher: RecognitionBatcher | None
 
     @classmethod
-    def of(cls, settings: Settings, pipeline: FacePipeline, gallery: Gallery, threshold: float) -> Serving:
+    def of(
+        cls, settings: Settings, pipeline: FacePipeline, gallery: SearchGallery, threshold: float
+    ) -> Serving:
         batcher = None
         if settings.batch_max_wait_ms > 0:
             batcher = RecognitionBatcher(
