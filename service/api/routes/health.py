@@ -33,9 +33,10 @@ def _readiness(state: AppState) -> JSONResponse:
     """Ready: database and vector store reachable (`vector_store.error` says why not), and the index no
     further behind SQL than FACEBANK_MAX_FOLLOW_LAG_S (it follows the change log; `changes` reports the
     applied position, the lag, any problem, and for a shared store whether this process writes it). Whether
-    this process still runs the database's active embedder is reported (`embedder_active`, `restart_needed`) but
-    does not make it unready: after `facebank models use` every server would fail at once, while each can
-    still answer from its own model's faces. Faces of other models are counted, never in the index."""
+    this process still runs the database's active embedder is reported (`embedder_active`,
+    `restart_needed`) but does not make it unready: after `facebank models use` every server would fail at
+    once, while each can still answer from its own model's faces. Faces of other models are counted, never
+    in the index."""
     checks: dict[str, object] = {"models": True}
     serving = state.serving
     following = state.follower.status()
