@@ -1,4 +1,4 @@
-"""`facebank serve`: check keys, models and the GPU index before uvicorn, then run the API."""
+"""`facebank serve`: check keys, models, GPU index and vector store before uvicorn, then run the API."""
 
 from __future__ import annotations
 
@@ -93,4 +93,21 @@ def load_for_serving(settings: Settings) -> tuple[LoadedModels | None, str | Non
         )
     except (ModelLoadError, EmbedderChoiceError) as exc:
         return None, str(exc)
+    refusal = vector_store_refusal(settings, models.embedder_tag, models.embedder_config.dim)
+    if refusal is not None:
+        return None, refusal
     return models, None
+
+
+def vector_store_refusal(settings: Settings, model_tag: str, dim: int) -> str | None:
+    """Why the configured shared vector store cannot serve this model (wrong URI or credentials, a
+    collection of another dimension or metric), or None. Never a fallback to another store."""
+    if settings.vector_store != "milvus":
+        return None
+    from service.index.milvus import MilvusStore, MilvusTarget, VectorStoreRefused
+
+    try:
+        MilvusStore.open(MilvusTarget.of(settings), model_tag=model_tag, dim=dim)
+    except VectorStoreRefused as exc:
+        return str(exc)
+    return None

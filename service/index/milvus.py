@@ -97,6 +97,10 @@ class MilvusTarget:
 
     def client(self) -> MilvusClient:
         """A connected client, or VectorStoreRefused saying why not in one line."""
+        if not self.uri:
+            raise VectorStoreRefused(
+                "FACEBANK_VECTOR_STORE=milvus needs FACEBANK_MILVUS_URI (http://host:19530, or a .db path)"
+            )
         try:
             from pymilvus import MilvusClient
         except ImportError as exc:

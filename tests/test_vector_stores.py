@@ -1,0 +1,148 @@
+"""One contract for both vector stores behind `SearchGallery`: the in-process FAISS gallery and a Milvus
+collection (real milvus-lite, or the server FACEBANK_TEST_MILVUS_URI names). Faces reach either store
+the way they do in service, from SQL through the change log: add, replace, delete, identity-level top-k,
+model versions apart, rebuild from SQL, audit against SQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.follower import ChangeFollower
+from service.gallery import SearchGallery, gallery_for
+from service.storage import repository as repo
+from tests._milvus import embedded_uri, new_prefix
+from tests._stored import DIM, MODEL, migrated_sessions, new_person, store_face, unit
+
+MakeGallery = Callable[[str], SearchGallery]
+
+
+@pytest.fixture(params=["sqlite"])
+def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    yield from migrated_sessions(request, f"sqlite:///{tmp_path / 'v.db'}")
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def make_gallery(
+    request: pytest.FixtureRequest, sessions: sessionmaker[Session], tmp_path: Path
+) -> Iterator[MakeGallery]:
+    """`make_gallery(model_tag)`: a gallery of the store under test that this process writes."""
+    if request.param == "faiss":
+        settings = Settings(vector_store="faiss")
+        yield lambda tag: gallery_for(settings, sessions, tag, DIM)
+        return
+    for uri in embedded_uri(tmp_path):
+        settings = Settings(vector_store="milvus", milvus_uri=uri, milvus_collection_prefix=new_prefix())
+        yield lambda tag: gallery_for(settings, sessions, tag, DIM, writer=True)
+
+
+def _follower(gallery: SearchGallery, sessions: sessionmaker[Session]) -> ChangeFollower:
+    follower = ChangeFollower(gallery, sessions, poll_s=0.05, retention_s=3600)
+    follower.rebuild()
+    return follower
+
+
+def _best_by_identity(sessions: sessionmaker[Session], query: np.ndarray, k: int) -> list[uuid.UUID]:
+    """The exact identity ranking by each identity's best face, computed from SQL."""
+    best: dict[uuid.UUID, float] = {}
+    with sessions() as session:
+        for keys, vectors, owners in repo.iter_embeddings(session, model=MODEL):
+            for score, owner in zip((vectors @ query).tolist(), owners, strict=True):
+                best[owner] = max(best.get(owner, -2.0), score)
+    return [owner for owner, _ in sorted(best.items(), key=lambda item: -item[1])[:k]]
+
+
+def test_added_faces_are_found_ranked_by_identity_with_each_identitys_best_face(
+    make_gallery: MakeGallery, sessions: sessionmaker[Session]
+) -> None:
+    follower = _follower(make_gallery(MODEL), sessions)
+    people = [new_person(sessions, f"p{n}") for n in range(6)]
+    for number, person in enumerate(people):
+        for seed in range(5):  # many faces of one person must not crowd others out of the top k
+            store_face(sessions, person, 100 * number + seed)
+    follower.catch_up()
+    for seed in (3, 205, 499, 12345):
+        query = unit(seed)
+        matches = follower.gallery.identify(query[None, :], 4)[0]
+        assert [m.identity_id for m in matches] == _best_by_identity(sessions, query, 4)
+        assert len({m.identity_id for m in matches}) == 4
+    assert follower.gallery.face_count() == 30
+    assert follower.gallery.audit().in_step
+
+
+def test_a_face_added_again_replaces_its_vector_and_is_counted_once(
+    make_gallery: MakeGallery, sessions: sessionmaker[Session]
+) -> None:
+    gallery = make_gallery(MODEL)
+    person = new_person(sessions)
+    key, _ = store_face(sessions, person, 1)
+    with gallery.writing():
+        gallery.added(key, person, unit(1))
+    with gallery.writing():
+        gallery.added(key, person, unit(2))
+    assert gallery.face_count() == 1
+    assert gallery.identify(unit(2)[None, :], 1)[0][0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_deleting_a_face_or_an_identity_removes_it_from_search_and_the_audit_stays_in_step(
+    make_gallery: MakeGallery, sessions: sessionmaker[Session]
+) -> None:
+    follower = _follower(make_gallery(MODEL), sessions)
+    alice, bob = new_person(sessions, "alice"), new_person(sessions, "bob")
+    _, alice_face = store_face(sessions, alice, 1)
+    store_face(sessions, alice, 2)
+    for seed in (3, 4):
+        store_face(sessions, bob, seed)
+    follower.catch_up()
+    with sessions() as session:
+        repo.delete_face(session, identity_id=alice, face_id=alice_face)
+        session.commit()
+    follower.catch_up()
+    assert follower.gallery.face_count() == 3
+    top = follower.gallery.identify(unit(1)[None, :], 2)[0]
+    assert all(m.score < 0.999 for m in top)  # face 1's exact vector is gone
+    with sessions() as session:
+        repo.delete_identity(session, identity_id=bob)
+        session.commit()
+    follower.catch_up()
+    assert [m.identity_id for m in follower.gallery.identify(unit(3)[None, :], 5)[0]] == [alice]
+    audit = follower.gallery.audit()
+    assert audit.in_step and audit.sql_faces == audit.index_faces == 1
+
+
+def test_each_model_version_has_its_own_store_and_never_sees_anothers_faces(
+    make_gallery: MakeGallery, sessions: sessionmaker[Session]
+) -> None:
+    person = new_person(sessions)
+    store_face(sessions, person, 1, model=MODEL)
+    store_face(sessions, person, 2, model="other@2")
+    store_face(sessions, person, 3, model="other@2")
+    old, new = make_gallery(MODEL), make_gallery("other@2")
+    assert (old.rebuild(), new.rebuild()) == (1, 2)
+    assert (old.face_count(), new.face_count()) == (1, 2)
+    assert old.identify(unit(2)[None, :], 1)[0][0].score < 0.999
+    assert new.identify(unit(2)[None, :], 1)[0][0].score == pytest.approx(1.0, abs=1e-5)
+    assert old.audit().in_step and new.audit().in_step
+
+
+def test_the_audit_finds_missing_and_stale_faces_and_a_rebuild_from_sql_repairs_both(
+    make_gallery: MakeGallery, sessions: sessionmaker[Session]
+) -> None:
+    gallery = make_gallery(MODEL)
+    person = new_person(sessions)
+    keys = [store_face(sessions, person, seed)[0] for seed in range(4)]
+    with gallery.writing():  # the store drifted: one face never arrived, one that SQL lacks did
+        for key, seed in zip(keys[:3], range(3), strict=True):
+            gallery.added(key, person, unit(seed))
+        gallery.added(999_999, person, unit(42))
+    audit = gallery.audit()
+    assert (audit.missing_keys, audit.stale_keys) == ([keys[3]], [999_999])
+    assert gallery.rebuild() == 4
+    audit = gallery.audit()
+    assert audit.in_step and audit.index_faces == 4
