@@ -18,6 +18,7 @@ from service.gallery import gallery_for
 from service.index.milvus import VectorStoreUnavailable
 from service.milvus_gallery import MilvusGallery
 from service.storage import make_engine, make_session_factory, upgrade_to_head
+from service.storage import repository as repo
 from service.storage.locks import writer_lock
 from tests._milvus import MilvusServer, embedded_uri, milvus_server, new_prefix, skip_unless_embedded
 from tests._stored import DIM, MODEL, new_person, store_face, unit
@@ -50,13 +51,13 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
 class Replica:
     """What one `facebank serve` process holds: its sessions, its follower and its writer lock."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, *, poll_s: float = 0.05) -> None:
         # An engine per replica: each holds its own connections, as separate processes do.
         self.engine = make_engine(engine.url.render_as_string(hide_password=False))
         self.sessions = make_session_factory(self.engine)
         gallery = gallery_for(settings, self.sessions, MODEL, DIM)
         self.follower = ChangeFollower(
-            gallery, self.sessions, poll_s=0.05, retention_s=3600, election=writer_lock(self.engine)
+            gallery, self.sessions, poll_s=poll_s, retention_s=3600, election=writer_lock(self.engine)
         )
         self.follower.start_up()
 
@@ -93,12 +94,20 @@ def test_one_writer_is_elected_and_a_reader_applies_nothing_itself(
     writer.follower.catch_up()
     assert reader.gallery.wait_applied(reader.follower.position)
     assert reader.gallery.identify(unit(1)[None, :], 1)[0][0].identity_id == person
+    with reader.sessions() as session:
+        repo.delete_identity(session, identity_id=person)
+        session.commit()
+    reader.follower.catch_up()
+    assert reader.gallery.face_count() == 1  # nor does it delete: that is the writer's work too
+    writer.follower.catch_up()
+    assert reader.gallery.face_count() == 0
 
 
 def test_a_write_on_a_reader_is_found_there_as_soon_as_its_answer_returns(
     engine: Engine, settings: Settings, replicas: list[Replica]
 ) -> None:
-    replicas += [Replica(engine, settings), Replica(engine, settings)]
+    # The writer polls the log slowly, so the reader's answer would come before it applied unless it waited.
+    replicas += [Replica(engine, settings, poll_s=0.5), Replica(engine, settings)]
     writer, reader = replicas
     writer.follower.start()  # applies in the background, as in a server
     person = new_person(reader.sessions)
