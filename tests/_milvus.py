@@ -63,10 +63,10 @@ class MilvusServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        where = ["--data-dir", str(self.data_dir), "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(self.data_dir)]
-                + ["--host", "127.0.0.1", "--port", str(self.port)],
+                [sys.executable, "-m", "milvus_lite", "server", *where],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

@@ -38,8 +38,8 @@ def make_gallery(
         yield lambda tag: gallery_for(settings, sessions, tag, DIM)
         return
     for uri in embedded_uri(tmp_path):
-        settings = Settings(vector_store="milvus", milvus_uri=uri, milvus_collection_prefix=new_prefix())
-        yield lambda tag: gallery_for(settings, sessions, tag, DIM, writer=True)
+        milvus = Settings(vector_store="milvus", milvus_uri=uri, milvus_collection_prefix=new_prefix())
+        yield lambda tag: gallery_for(milvus, sessions, tag, DIM, writer=True)  # noqa: B023 (one pass)
 
 
 def _follower(gallery: SearchGallery, sessions: sessionmaker[Session]) -> ChangeFollower:
@@ -52,7 +52,7 @@ def _best_by_identity(sessions: sessionmaker[Session], query: np.ndarray, k: int
     """The exact identity ranking by each identity's best face, computed from SQL."""
     best: dict[uuid.UUID, float] = {}
     with sessions() as session:
-        for keys, vectors, owners in repo.iter_embeddings(session, model=MODEL):
+        for _keys, vectors, owners in repo.iter_embeddings(session, model=MODEL):
             for score, owner in zip((vectors @ query).tolist(), owners, strict=True):
                 best[owner] = max(best.get(owner, -2.0), score)
     return [owner for owner, _ in sorted(best.items(), key=lambda item: -item[1])[:k]]

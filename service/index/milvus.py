@@ -357,5 +357,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+    """The first line of the engine's message (pymilvus keeps it in `message`), at most 300 characters."""
+    text = (getattr(exc, "message", None) or str(exc)).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
