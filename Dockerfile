@@ -25,7 +25,7 @@ COPY models ./models
 COPY migrations ./migrations
 
 FROM build AS build-cpu
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install -q '.[cpu]'
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install -q '.[cpu,milvus]'
 
 FROM build AS build-prepare
 RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install -q '.[cpu,train]'
@@ -44,7 +44,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY models ./models
 COPY migrations ./migrations
-RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install -q '.[gpu]'
+RUN python3 -m venv /opt/venv && /opt/venv/bin/pip install -q '.[gpu,milvus]'
 
 # ---- runtime stages -------------------------------------------------------------------------------------
 # The same in every flavour: a non-root user, /models and /data volumes, config through FACEBANK_*,

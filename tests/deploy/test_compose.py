@@ -155,6 +155,31 @@ def test_the_gpu_profile_reserves_one_gpu_and_runs_the_gpu_image_on_cuda() -> No
     assert "profiles" not in services["api"], "plain `docker compose up` starts the CPU api"
 
 
+def test_the_milvus_profile_runs_milvus_standalone_with_etcd_and_minio_pinned_and_kept_in_volumes() -> None:
+    compose = _compose()
+    services = compose["services"]
+    for name in ("milvus", "milvus-etcd", "milvus-minio"):
+        service = services[name]
+        assert service["profiles"] == ["milvus"], name
+        image, _, tag = service["image"].rpartition(":")
+        assert image and tag not in ("", "latest") and any(c.isdigit() for c in tag), (
+            name
+        )  # pinned by version
+        assert service["healthcheck"]["test"], name
+        (volume,) = service["volumes"]
+        assert volume.split(":")[0] in compose["volumes"], name
+        assert "ports" not in service, f"{name} must not be published beyond the compose network"
+    assert {"milvus-etcd", "milvus-minio"} <= set(services["milvus"]["depends_on"])
+    # The API is pointed at it by FACEBANK_VECTOR_STORE=milvus alone; faiss stays the default.
+    environment = {k: _interpolate(v) for k, v in services["api"]["environment"].items()}
+    settings = Settings(**{k.removeprefix("FACEBANK_").lower(): v for k, v in environment.items()})
+    assert settings.vector_store == "faiss" and settings.milvus_uri == "http://milvus:19530"
+    switched = _interpolate(
+        services["api"]["environment"]["FACEBANK_VECTOR_STORE"], {"FACEBANK_VECTOR_STORE": "milvus"}
+    )
+    assert switched == "milvus"
+
+
 def test_models_are_prepared_into_the_models_volume_by_a_one_off_profile() -> None:
     prepare = _compose()["services"]["prepare"]
 
@@ -175,8 +200,9 @@ def test_docker_compose_config_accepts_the_file_with_every_profile() -> None:
     client = _compose_client()
     if client is None:
         pytest.skip("no `docker compose` (v2 plugin) on this machine; the YAML checks above still ran")
+    profiles = ["--profile", "gpu", "--profile", "prepare", "--profile", "milvus"]
     result = subprocess.run(
-        [*client, "-f", str(COMPOSE_FILE), "--profile", "gpu", "--profile", "prepare", "config", "-q"],
+        [*client, "-f", str(COMPOSE_FILE), *profiles, "config", "-q"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -255,7 +281,12 @@ def test_the_images_install_the_project_with_the_pip_commands_ci_runs() -> None:
     ci_words = shlex.split(ci_install)
     declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     stages = _stages()
-    expected = {"build-cpu": {"cpu"}, "build-gpu": {"gpu"}, "build-prepare": {"cpu", "train"}}
+    # The serving images carry the Milvus client too: FACEBANK_VECTOR_STORE=milvus needs no other image.
+    expected = {
+        "build-cpu": {"cpu", "milvus"},
+        "build-gpu": {"gpu", "milvus"},
+        "build-prepare": {"cpu", "train"},
+    }
 
     for stage, extras in expected.items():
         (command,) = _pip_installs(stages[stage])
