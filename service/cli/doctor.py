@@ -4,6 +4,10 @@ The index is an in-memory cache each server rebuilds from SQL at start, so it ca
 Offline, the doctor rebuilds one the way a server does and compares it with SQL. With --server it also
 compares a running server's index with SQL (GET /v1/admin/index), and --fix asks that server to rebuild it
 (POST /v1/admin/index/rebuild), which is what a restart would do, without the downtime.
+
+With FACEBANK_VECTOR_STORE=milvus the store outlives processes, so the doctor compares the Milvus collection
+of the active model with SQL key by key, and --fix re-syncs it (upserts what is missing, deletes what SQL
+lacks) as its writer: it takes the writer lock, so it never writes beside a running server's applier.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ class _Checkup:
     sessions: Callable[[], Session]
     actor: Principal
     fix: bool
+    engine: Engine
 
 
 def _doctor(args: argparse.Namespace, settings: Settings) -> int:
@@ -79,14 +84,17 @@ def _doctor(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if not _check_schema(report, engine, fix=args.fix):
             return EXIT_FAILED
-        checkup = _Checkup(report, make_session_factory(engine), cli_principal(), args.fix)
+        checkup = _Checkup(report, make_session_factory(engine), cli_principal(), args.fix, engine)
         active = _check_active_embedder(checkup, settings)
         if active is None:
             return EXIT_FAILED
         tag, dim = active
         _check_other_models(checkup, tag, drop=args.drop_other_models)
         _check_vectors(checkup, tag, dim)
-        _check_rebuilt_index(checkup, tag, dim)
+        if settings.vector_store == "milvus":
+            _check_milvus(checkup, settings, tag, dim)
+        else:
+            _check_rebuilt_index(checkup, tag, dim)
         _note_change_log(checkup)
         if args.server:
             _check_server(report, args.server.rstrip("/"), api_key_of(args, settings), fix=args.fix)
@@ -238,6 +246,59 @@ def _check_rebuilt_index(checkup: _Checkup, tag: str, dim: int) -> None:
         report.ok(f"an index rebuilt from SQL holds exactly its {audit.sql_faces} faces")
     else:
         report.problem(f"an index rebuilt from SQL differs from it: {audit}")
+
+
+def _check_milvus(checkup: _Checkup, settings: Settings, tag: str, dim: int) -> None:
+    """The active model's Milvus collection against SQL; with fix, re-synced under the writer lock."""
+    from service.gallery import gallery_for
+    from service.index.milvus import VectorStoreRefused, VectorStoreUnavailable
+    from service.storage import changes
+    from service.storage.locks import writer_lock
+
+    report = checkup.report
+    try:
+        gallery = gallery_for(settings, checkup.sessions, tag, dim)
+        audit = gallery.audit()
+        position = gallery.applied_position()
+    except (VectorStoreRefused, VectorStoreUnavailable) as exc:
+        report.problem(f"the Milvus store cannot be checked: {exc}")
+        return
+    with checkup.sessions() as session:
+        head = changes.head(session)
+    report.note(f"Milvus collection of {tag} at change log position {position} (log head {head})")
+    if audit.in_step:
+        report.ok(f"the Milvus collection of {tag} holds exactly its {audit.sql_faces} faces in SQL")
+        return
+    report.problem(
+        f"the Milvus collection of {tag} differs from SQL ({audit.missing_from_index} missing, "
+        f"{audit.stale_in_index} stale; e.g. missing {audit.missing_keys[:3]}, stale {audit.stale_keys[:3]})"
+    )
+    if not checkup.fix:
+        report.note("`--fix` re-syncs it from SQL (as a restarted writer does when it takes over)")
+        return
+    election = writer_lock(checkup.engine)
+    if not election.try_acquire():
+        report.note(
+            "a running server is the Milvus writer: writes in flight may explain the difference; "
+            "`facebank doctor --server URL --fix` asks that server to re-sync"
+        )
+        return
+    try:
+        gallery.set_writer(True)
+        with checkup.sessions() as session:
+            head = changes.head(session)  # read first: what commits during the re-sync is applied again
+        gallery.rebuild()
+        gallery.mark_applied(head)
+        after = gallery.audit()
+    except VectorStoreUnavailable as exc:
+        report.note(f"re-syncing Milvus failed: {exc}")
+        return
+    finally:
+        election.release()
+    if after.in_step:
+        report.fixed(f"re-synced the Milvus collection of {tag} from SQL ({after.index_faces} faces)")
+    else:
+        report.note(f"still differs after a re-sync (writes in flight?): {after}")
 
 
 def _note_change_log(checkup: _Checkup) -> None:
