@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.follower import ChangeFollower
-from service.gallery import gallery_for
+from service.gallery import SearchGallery, gallery_for
 from service.index.milvus import VectorStoreUnavailable
 from service.milvus_gallery import MilvusGallery
-from service.storage import make_engine, make_session_factory, upgrade_to_head
+from service.storage import make_engine, make_session_factory, service_settings, upgrade_to_head
 from service.storage import repository as repo
 from service.storage.locks import writer_lock
 from tests._milvus import MilvusServer, embedded_uri, milvus_server, new_prefix, skip_unless_embedded
@@ -196,3 +196,30 @@ def test_an_engine_that_dies_loses_nothing_and_the_applier_resumes_when_it_is_ba
     assert follower.gallery.face_count() == 2
     assert follower.gallery.identify(unit(2)[None, :], 1)[0][0].score == pytest.approx(1.0, abs=1e-5)
     follower.close()
+
+
+def test_a_switch_of_embedder_fills_the_new_models_collection_from_sql_and_keeps_the_old_one_apart(
+    engine: Engine, settings: Settings, replicas: list[Replica]
+) -> None:
+    replicas.append(Replica(engine, settings))
+    (replica,) = replicas
+    person = new_person(replica.sessions)
+    store_face(replica.sessions, person, 1)
+    store_face(replica.sessions, person, 2, model="next@2")
+    store_face(replica.sessions, person, 3, model="next@2")
+    replica.follower.catch_up()
+    follower = replica.follower
+    follower.on_switch = lambda tag: _rebuilt(gallery_for(settings, replica.sessions, tag, DIM, writer=True))
+    with replica.sessions() as session:
+        service_settings.set_active_embedder(session, tag="next@2")
+        session.commit()
+    follower.catch_up()
+    assert follower.gallery.model_tag == "next@2" and follower.gallery.face_count() == 2
+    assert follower.gallery.applied_position() == follower.position
+    old = gallery_for(settings, replica.sessions, MODEL, DIM)
+    assert old.face_count() == 1 and old.audit().in_step
+
+
+def _rebuilt(gallery: SearchGallery) -> SearchGallery:
+    gallery.rebuild()
+    return gallery

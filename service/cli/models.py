@@ -164,7 +164,7 @@ def _models_prune(args: argparse.Namespace, settings: Settings) -> int:
         if not keys:
             known = ", ".join(repo.models_in_use(session)) or "none"
             print(f"no faces of {model} to delete (stored model tags: {known})")
-            return 0
+            return _drop_collection(settings, model)
         emptied = integrity.identities_only_with_model(session, model=model)
         question = (
             f"delete {len(keys)} faces of {model} for good ({len(emptied)} identities will have no face "
@@ -183,6 +183,20 @@ def _models_prune(args: argparse.Namespace, settings: Settings) -> int:
         f"deleted {len(removed)} faces of {model}; servers still running {model} drop them from their index "
         "as they follow the change log"
     )
+    return _drop_collection(settings, model)
+
+
+def _drop_collection(settings: Settings, model: str) -> int:
+    """FACEBANK_VECTOR_STORE=milvus: drop `model`'s collection, so its vectors leave Milvus too."""
+    if settings.vector_store != "milvus":
+        return 0
+    from service.index.milvus import MilvusTarget, VectorStoreRefused, VectorStoreUnavailable, drop_collection
+
+    try:
+        dropped = drop_collection(MilvusTarget.of(settings), model)
+    except (VectorStoreRefused, VectorStoreUnavailable) as exc:
+        return fail(f"its Milvus collection is not dropped yet ({exc}); run this command again")
+    print(f"dropped the Milvus collection of {model}" if dropped else f"no Milvus collection of {model}")
     return 0
 
 

@@ -345,6 +345,16 @@ def _takes_timeout(method: Callable[..., Any]) -> bool:
     return getattr(method, "__self__", None) is not None
 
 
+def drop_collection(target: MilvusTarget, model_tag: str) -> bool:
+    """Drop the collection of `model_tag` (`facebank models prune`); True when there was one. Raises
+    VectorStoreRefused or VectorStoreUnavailable when Milvus cannot be asked."""
+    store = MilvusStore(target.client(), target, model_tag=model_tag, dim=0)
+    try:
+        return store.drop()
+    finally:
+        store.close()
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
     """Poll `predicate` until it holds or `timeout_s` passes; returns whether it held."""
     deadline = time.monotonic() + timeout_s

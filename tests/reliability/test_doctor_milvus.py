@@ -92,3 +92,15 @@ def test_fix_leaves_milvus_alone_while_another_process_is_its_writer(
     finally:
         running_writer.release()
         engine.dispose()
+
+
+def test_models_prune_drops_the_old_models_collection(
+    setup: tuple[MilvusStore, list[int], str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    store, _, _ = setup
+    old = MilvusStore.open(store.target, model_tag="oldnet@0", dim=4)
+    old.upsert(np.array([1]), [uuid.uuid4()], np.array([[1.0, 0, 0, 0]], np.float32))
+    assert facebank(["models", "prune", "--model", "oldnet@0", "--yes"]) == 0
+    assert "dropped the Milvus collection of oldnet@0" in capsys.readouterr().out
+    assert old.applied_position() is None  # no collection any more
+    assert store.count() == 0  # the active model's collection is untouched
