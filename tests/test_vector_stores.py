@@ -5,6 +5,7 @@ model versions apart, rebuild from SQL, audit against SQL."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.config import Settings
 from service.follower import ChangeFollower
 from service.gallery import SearchGallery, gallery_for
+from service.index.milvus import MilvusStore, VectorStoreRefused, collection_name
 from service.storage import repository as repo
-from tests._milvus import embedded_uri, new_prefix
+from tests._milvus import SERVER_URI_ENV, embedded_uri, new_prefix
 from tests._stored import DIM, MODEL, migrated_sessions, new_person, store_face, unit
 
 MakeGallery = Callable[[str], SearchGallery]
@@ -146,3 +148,34 @@ def test_the_audit_finds_missing_and_stale_faces_and_a_rebuild_from_sql_repairs_
     assert gallery.rebuild() == 4
     audit = gallery.audit()
     assert audit.in_step and audit.index_faces == 4
+
+
+@pytest.fixture
+def milvus_uri(tmp_path: Path) -> Iterator[str]:
+    yield from embedded_uri(tmp_path)
+
+
+def test_a_collection_of_another_dimension_or_metric_is_refused_not_used(milvus_uri: str) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    prefix = new_prefix()
+    MilvusStore.connect(milvus_uri, model_tag=MODEL, dim=DIM + 1, prefix=prefix)
+    with pytest.raises(VectorStoreRefused, match=f"holds {DIM + 1}-dimensional vectors"):
+        MilvusStore.connect(milvus_uri, model_tag=MODEL, dim=DIM, prefix=prefix)
+    client = MilvusClient(milvus_uri)
+    schema = MilvusClient.create_schema(auto_id=False)
+    schema.add_field("key", DataType.INT64, is_primary=True)
+    schema.add_field("identity", DataType.VARCHAR, max_length=36)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    index = client.prepare_index_params()
+    index.add_index(field_name="vector", index_type="FLAT", metric_type="L2")
+    client.create_collection(collection_name(prefix, "l2@1"), schema=schema, index_params=index)
+    with pytest.raises(VectorStoreRefused, match="metric L2"):
+        MilvusStore.connect(milvus_uri, model_tag="l2@1", dim=DIM, prefix=prefix)
+
+
+def test_wrong_credentials_are_refused(milvus_uri: str) -> None:
+    if not os.environ.get(SERVER_URI_ENV):
+        pytest.skip(f"milvus-lite has no authentication: needs {SERVER_URI_ENV} with authorization enabled")
+    with pytest.raises(VectorStoreRefused, match="cannot use Milvus"):
+        MilvusStore.connect(milvus_uri, model_tag=MODEL, dim=DIM, token="facebank-test:wrong-password")

@@ -176,13 +176,18 @@ class MilvusStore:
                 metric_type=METRIC,
                 params=BUILD_PARAMS.get(self.target.index, {}),
             )
-            self._call(
-                client.create_collection,
-                self.name,
-                schema=schema,
-                index_params=index,
-                properties={MODEL_PROPERTY: self.model_tag},
-            )
+            try:
+                self._call(
+                    client.create_collection,
+                    self.name,
+                    schema=schema,
+                    index_params=index,
+                    properties={MODEL_PROPERTY: self.model_tag},
+                )
+            except VectorStoreUnavailable:
+                # Another replica opening the same new model may have created it first: then use theirs.
+                if not self._call(client.has_collection, self.name):
+                    raise
             log.info("created Milvus collection %s (%s, %d dims)", self.name, self.target.index, self.dim)
         self._check_shape()
         self._call(client.load_collection, self.name)
