@@ -103,6 +103,7 @@ def main() -> None:
             store.drop()
             store.ensure_collection()
             store.upsert(np.arange(args.faces, dtype=np.int64), owners, vectors)
+            store.flush()  # as the writer does after a re-sync
             print(f"milvus {kind}: created and filled in {time.perf_counter() - started:.1f} s")
             for method in ("grouping", "over-fetch"):
                 times, ranked = [], []

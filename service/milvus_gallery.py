@@ -118,6 +118,7 @@ class MilvusGallery:
             if len(stale):
                 self.store.delete(stale.tolist())
                 self.store.compact()
+            self.store.flush()
         log.info(
             "Milvus collection %s re-synced from SQL: %d faces, %d stale removed",
             self.store.name,
