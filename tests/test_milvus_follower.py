@@ -168,7 +168,7 @@ def test_an_engine_that_dies_loses_nothing_and_the_applier_resumes_when_it_is_ba
         vector_store="milvus",
         milvus_uri=server.uri,
         milvus_collection_prefix=new_prefix(),
-        milvus_timeout_s=2,
+        milvus_timeout_s=15,
     )
     sessions: sessionmaker[Session] = make_session_factory(engine)
     follower = ChangeFollower(

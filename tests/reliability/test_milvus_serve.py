@@ -47,7 +47,7 @@ def milvus_env(milvus: MilvusServer) -> dict[str, str]:
         "FACEBANK_VECTOR_STORE": "milvus",
         "FACEBANK_MILVUS_URI": milvus.uri,
         "FACEBANK_MILVUS_COLLECTION_PREFIX": new_prefix(),
-        "FACEBANK_MILVUS_TIMEOUT_S": "3",
+        "FACEBANK_MILVUS_TIMEOUT_S": "15",
         "FACEBANK_FOLLOW_POLL_MS": "100",
     }
 
