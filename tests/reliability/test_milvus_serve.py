@@ -17,7 +17,7 @@ import pytest
 
 from service.security import Scope
 from tests._live import issue_test_key
-from tests._milvus import MilvusServer, milvus_server, new_prefix, skip_unless_embedded
+from tests._milvus import MilvusServer, milvus_server, new_prefix, require_pymilvus, skip_unless_embedded
 from tests._ports import free_port
 from tests.reliability._server import ROOT, start_server
 from tests.reliability.test_replicas import Replica, _photo
@@ -154,6 +154,7 @@ def _error_lines(done: subprocess.CompletedProcess[str]) -> list[str]:
 def test_a_milvus_that_cannot_be_reached_refuses_the_start_in_one_line(
     tmp_path: Path, model_dir: Path
 ) -> None:
+    require_pymilvus()
     unreachable = f"http://127.0.0.1:{free_port()}"
     done = _serve_once(
         {"FACEBANK_VECTOR_STORE": "milvus", "FACEBANK_MILVUS_URI": unreachable}, tmp_path, model_dir
