@@ -320,9 +320,7 @@ class MilvusStore:
             group_by_field=IDENTITY,
             search_params=self._search_params,
         )
-        return [
-            [(uuid.UUID(hit["entity"][IDENTITY]), float(hit["distance"])) for hit in row] for row in hits
-        ]
+        return [[(uuid.UUID(hit["entity"][IDENTITY]), float(hit["distance"])) for hit in row] for row in hits]
 
     def ping(self) -> None:
         """Raises VectorStoreUnavailable unless the collection answers."""
