@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from service.security import Scope
+from tests._db import postgres_or_skip
 from tests._live import issue_test_key
 from tests._milvus import MilvusServer, milvus_server, new_prefix, require_pymilvus, skip_unless_embedded
 from tests._ports import free_port
@@ -53,10 +54,20 @@ def milvus_env(milvus: MilvusServer) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def postgres_of_this_module() -> Iterator[str]:
+    """A PostgreSQL database of its own (it holds an API key, which would change other modules' rules)."""
+    yield from postgres_or_skip()
+
+
+@pytest.fixture(scope="module")
 def replicas(
-    postgres_url: str, model_dir: Path, tmp_path_factory: pytest.TempPathFactory, milvus_env: dict[str, str]
+    postgres_of_this_module: str,
+    model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    milvus_env: dict[str, str],
 ) -> Iterator[tuple[Replica, Replica]]:
     """(writer, reader): the first replica to start takes the writer lock."""
+    postgres_url = postgres_of_this_module
     key = issue_test_key(postgres_url, Scope.ADMIN, name="milvus-replicas")
     servers = []
     for name in ("writer", "reader"):
