@@ -10,13 +10,14 @@ the crop and of its mirror image.
 Protocols (identities in sorted order; photos in file-name order):
 
 - **single**: each person's first photo enrolled, every other photo identified (209 people, 4,129 probes):
-  top-1; TAR at FAR 1e-3 over every pair of the 4,338 faces, and its mean ± std over 5 identity-disjoint folds.
+  top-1; TAR at FAR 1e-3 over every pair of the 4,338 faces, and its mean ± std over 5 identity-disjoint
+  folds.
 - **templates**: people with at least 5 photos enrol their first 3 (the others their first), every other
   photo is identified; a person is scored by the best of their enrolled faces (``best``, what
   ``service/gallery.py`` does), by the cosine to the normalised mean of their faces (``mean``), or by the
-  larger of the two (``both``). Closed-set top-1, and open-set DIR at FPIR 1 %: 5 identity-disjoint folds, trial
-  *i* enrols everyone outside fold *i* and uses fold *i*'s photos as strangers; the threshold lets through
-  1 % of the strangers pooled over the trials.
+  larger of the two (``both``). Closed-set top-1, and open-set DIR at FPIR 1 %: 5 identity-disjoint folds,
+  trial *i* enrols everyone outside fold *i* and uses fold *i*'s photos as strangers; the threshold lets
+  through 1 % of the strangers pooled over the trials.
 
 Usage::
 
@@ -56,7 +57,7 @@ TEMPLATE_MIN_PHOTOS = 5
 
 
 def embed_crops(model_dir: Path, name: str, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(plain, mirrored) unit embeddings of ``crops`` by the prepared embedder ``name``, as the service runs it."""
+    """(plain, mirrored) unit embeddings of ``crops`` by the prepared embedder ``name``, as served."""
     entry = load_manifest(model_dir / "manifest.toml").get(name)
     embedder = Embedder(create_session(model_dir / entry.onnx_file), embedder_config(entry))
     return embedder.embed(crops), embedder.embed(np.ascontiguousarray(crops[:, :, ::-1]))
@@ -163,7 +164,8 @@ def _pct(spread: RateSpread) -> str:
 def _diff(c: PairedComparison) -> str:
     return (
         f"{100 * c.difference:+.2f} [{100 * c.low:+.2f}, {100 * c.high:+.2f}] points; "
-        f"{c.only_a} vs {c.only_b} discordant, McNemar p = {c.mcnemar_p:.2g}; resolvable ≈ {100 * c.resolvable:.2f}"
+        f"{c.only_a} vs {c.only_b} discordant, McNemar p = {c.mcnemar_p:.2g}; "
+        f"resolvable ≈ {100 * c.resolvable:.2f}"
     )
 
 
@@ -184,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     single = first_photos(ids, 1)
     templates = enrolment(ids, TEMPLATE_PHOTOS, TEMPLATE_MIN_PHOTOS)
     print(
-        f"{args.dataset}: {len(ids)} faces of {len(set(ids))} people ({crops.no_face} photos without a face); "
+        f"{args.dataset}: {len(ids)} faces of {len(set(ids))} people "
+        f"({crops.no_face} photos without a face); "
         f"single: {int((~single).sum())} probes; templates: {int(templates.sum())} faces enrolled, "
         f"{int((~templates).sum())} probes"
     )
