@@ -118,6 +118,27 @@ def split_identities(identities: Iterable[str], *, val_fraction: float, seed: in
     return IdentitySplit(train=tuple(train), val=tuple(val))
 
 
+def train_and_validation(
+    crops: CropSet, val_crops: CropSet | None, *, val_fraction: float, seed: int
+) -> tuple[IdentitySplit, CropSet, CropSet]:
+    """Every identity of ``crops`` trains and every identity of ``val_crops`` validates, or, without
+    ``val_crops``, a seeded ``val_fraction`` of ``crops``' identities is held out. Raises ``ValueError`` when
+    the two sets share an identity folder name: validation must be identity-disjoint."""
+    if val_crops is None:
+        split = split_identities(crops.identities, val_fraction=val_fraction, seed=seed)
+        return split, crops.subset(split.train), crops.subset(split.val)
+    split = IdentitySplit(
+        train=tuple(sorted(set(crops.identities))), val=tuple(sorted(set(val_crops.identities)))
+    )
+    shared = set(split.train) & set(split.val)
+    if shared:
+        raise ValueError(
+            f"the training and validation sets share {len(shared)} identity folder names "
+            f"(e.g. {sorted(shared)[0]}): validation must be identity-disjoint"
+        )
+    return split, crops, val_crops
+
+
 @dataclass(frozen=True)
 class ValidationResult:
     top1: float
@@ -158,5 +179,6 @@ __all__ = [
     "ValidationResult",
     "prepare_crops",
     "split_identities",
+    "train_and_validation",
     "validation_top1",
 ]

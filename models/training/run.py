@@ -28,7 +28,7 @@ import torch
 from models.evaluation.run import calibrate_embeddings
 from models.training.bases import get_base
 from models.training.config import TrainConfig
-from models.training.data import CropSet, IdentitySplit, prepare_crops, split_identities
+from models.training.data import CropSet, IdentitySplit, prepare_crops, train_and_validation
 from models.training.publish import (
     ExportedModel,
     export_trained,
@@ -194,24 +194,16 @@ def run_training(
         crops = prepare_crops(config.dataset, settings, cache_dir=cache_dir, workers=workers, progress=say)
     identities = len(set(crops.identities))
     say(f"{len(crops)} crops of {identities} identities ({crops.no_face} photos without a face)")
-    if config.val_dataset is not None:
-        if val_crops is None:
-            val_crops = prepare_crops(
-                config.val_dataset, settings, cache_dir=cache_dir, workers=workers, progress=say
-            )
-        split = IdentitySplit(
-            train=tuple(sorted(set(crops.identities))), val=tuple(sorted(set(val_crops.identities)))
+    if config.val_dataset is not None and val_crops is None:
+        val_crops = prepare_crops(
+            config.val_dataset, settings, cache_dir=cache_dir, workers=workers, progress=say
         )
-        shared = set(split.train) & set(split.val)
-        if shared:
-            raise ValueError(
-                f"{config.dataset} and {config.val_dataset} share {len(shared)} identity folder names "
-                f"(e.g. {sorted(shared)[0]}): validation must be identity-disjoint"
-            )
-        train, val = crops, val_crops
-    else:
-        split = split_identities(crops.identities, val_fraction=config.val_fraction, seed=config.seed)
-        train, val = crops.subset(split.train), crops.subset(split.val)
+    split, train, val = train_and_validation(
+        crops,
+        val_crops if config.val_dataset is not None else None,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+    )
     (out / "split.json").write_text(json.dumps({"train": split.train, "val": split.val}, indent=1))
     result = train_embedder(config, train, val, progress=say, net=net, cache_dir=cache_dir)
     val_embeddings = embed(result.net, val.crops, base.preprocess())
