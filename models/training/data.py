@@ -77,6 +77,7 @@ def prepare_crops(
         cache_dir=cache_dir,
         workers=workers,
         want_crops=True,
+        want_embeddings=False,
         progress=progress,
     )
     batch = embedded.batch
