@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -43,7 +44,7 @@ from models.evaluation.protocol import calibrate_threshold
 from service.config import Settings
 from service.pipeline import l2_normalize
 from service.pipeline.embed import Embedder
-from service.runtime.manifest import load_manifest
+from service.runtime.manifest import load_manifest, sha256_file
 from service.runtime.models import embedder_config
 from service.runtime.sessions import create_session
 
@@ -56,11 +57,24 @@ TEMPLATE_PHOTOS = 3
 TEMPLATE_MIN_PHOTOS = 5
 
 
-def embed_crops(model_dir: Path, name: str, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(plain, mirrored) unit embeddings of ``crops`` by the prepared embedder ``name``, as served."""
+def embed_crops(
+    model_dir: Path, name: str, crops: np.ndarray, cache: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(plain, mirrored) unit embeddings of ``crops`` by the prepared embedder ``name``, as served; kept in
+    ``cache`` under the ONNX file's and the crops' hashes."""
     entry = load_manifest(model_dir / "manifest.toml").get(name)
-    embedder = Embedder(create_session(model_dir / entry.onnx_file), embedder_config(entry))
-    return embedder.embed(crops), embedder.embed(np.ascontiguousarray(crops[:, :, ::-1]))
+    onnx = model_dir / entry.onnx_file
+    digest = hashlib.sha256(sha256_file(onnx).encode() + np.ascontiguousarray(crops).tobytes()).hexdigest()
+    stored = cache / "decide" / f"{name}-{digest[:16]}.npz" if cache else None
+    if stored is not None and stored.is_file():
+        with np.load(stored) as saved:
+            return saved["plain"], saved["mirrored"]
+    embedder = Embedder(create_session(onnx), embedder_config(entry))
+    plain, mirrored = embedder.embed(crops), embedder.embed(np.ascontiguousarray(crops[:, :, ::-1]))
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(stored, plain=plain, mirrored=mirrored)
+    return plain, mirrored
 
 
 def with_flip(plain: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
@@ -194,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, object] = {}
     plain_single: dict[str, Scored] = {}
     for name in args.models.split(","):
-        plain, mirrored = embed_crops(args.model_dir, name, crops.crops)
+        plain, mirrored = embed_crops(args.model_dir, name, crops.crops, args.cache)
         variants = {"": plain, "+flip": with_flip(plain, mirrored)}
         scored = {tta: closed_set(e, ids, single, "best") for tta, e in variants.items()}
         plain_single[name] = scored[""]
