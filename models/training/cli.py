@@ -38,6 +38,7 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
             seed=args.seed,
             init_weights=args.init,
             val_dataset=args.val_dataset,
+            max_identities=args.max_identities,
             head_init=args.head_init,
             freeze_bn=args.freeze_bn,
             frozen_blocks=args.frozen_blocks,
@@ -127,6 +128,9 @@ def register(commands: Any) -> None:
         "--val-dataset",
         type=Path,
         help="validate on every identity of this set (e.g. celeba-train); train on all of DATASET",
+    )
+    parser.add_argument(
+        "--max-identities", type=int, help="train on the first N identities (by folder name) of DATASET only"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", type=Path, help="initial weights (default: the base's upstream file)")

@@ -36,7 +36,8 @@ class TrainConfig:
 
     ``val_dataset``: validate on every identity of another folder-per-identity set (which must share no
     identity folder name with ``dataset``) and train on every identity of ``dataset``; without it, a
-    ``val_fraction`` of ``dataset``'s identities is held out.
+    ``val_fraction`` of ``dataset``'s identities is held out. ``max_identities``: train on the first that
+    many identities (by folder name) only.
     """
 
     dataset: Path
@@ -54,6 +55,7 @@ class TrainConfig:
     seed: int = 0
     init_weights: Path | None = None
     val_dataset: Path | None = None
+    max_identities: int | None = None
     head_init: HeadInit = "random"
     freeze_bn: bool = False
     frozen_blocks: int = 0
@@ -77,6 +79,8 @@ class TrainConfig:
             raise ValueError(
                 f"frozen_blocks must be in [0, {blocks}] ({self.base} has {blocks}), got {self.frozen_blocks}"
             )
+        if self.max_identities is not None and self.max_identities < 2:
+            raise ValueError(f"max_identities must be at least 2, got {self.max_identities}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.name and not _NAME.match(self.name):

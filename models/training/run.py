@@ -202,6 +202,7 @@ def run_training(
         crops,
         val_crops if config.val_dataset is not None else None,
         val_fraction=config.val_fraction,
+        max_identities=config.max_identities,
         seed=config.seed,
     )
     (out / "split.json").write_text(json.dumps({"train": split.train, "val": split.val}, indent=1))

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", choices=BASE_NAMES, default="mobilefacenet")
     parser.add_argument("--val-dataset", type=Path, help="validate on every identity of this set")
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    parser.add_argument("--max-identities", type=int, help="train on the first N identities only")
     parser.add_argument("--loss", type=_strings, default=["cosface"])
     parser.add_argument("--lr", type=_floats, default=[1e-5])
     parser.add_argument("--head-lr", type=_optional_floats, default=[None], help="'same' means --lr")
@@ -80,12 +81,17 @@ def main(argv: list[str] | None = None) -> int:
         base=args.base,
         val_dataset=args.val_dataset,
         flip=not args.no_flip,
+        max_identities=args.max_identities,
         seed=args.split_seed,
         threads=args.threads,
     )
     val_crops = prepare_crops(args.val_dataset, settings, cache_dir=args.cache) if args.val_dataset else None
     _, train, val = train_and_validation(
-        crops, val_crops, val_fraction=base.val_fraction, seed=args.split_seed
+        crops,
+        val_crops,
+        val_fraction=base.val_fraction,
+        seed=args.split_seed,
+        max_identities=args.max_identities,
     )
     grid = itertools.product(
         args.loss,
