@@ -58,22 +58,28 @@ TEMPLATE_MIN_PHOTOS = 5
 
 
 def embed_crops(
-    model_dir: Path, name: str, crops: np.ndarray, cache: Path | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(plain, mirrored) unit embeddings of ``crops`` by the prepared embedder ``name``, as served; kept in
-    ``cache`` under the ONNX file's and the crops' hashes."""
+    model_dir: Path, name: str, crops: np.ndarray, cache: Path | None = None, *, mirror: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(plain, mirrored or None) unit embeddings of ``crops`` by the prepared embedder ``name``, as served;
+    kept in ``cache`` under the ONNX file's and the crops' hashes."""
     entry = load_manifest(model_dir / "manifest.toml").get(name)
     onnx = model_dir / entry.onnx_file
     digest = hashlib.sha256(sha256_file(onnx).encode() + np.ascontiguousarray(crops).tobytes()).hexdigest()
-    stored = cache / "decide" / f"{name}-{digest[:16]}.npz" if cache else None
-    if stored is not None and stored.is_file():
-        with np.load(stored) as saved:
-            return saved["plain"], saved["mirrored"]
+    folder = cache / "decide" if cache else None
+    both, plain_only = f"{name}-{digest[:16]}.npz", f"{name}-{digest[:16]}-plain.npz"
+    for file_name in [both] if mirror else [both, plain_only]:
+        if folder is not None and (folder / file_name).is_file():
+            with np.load(folder / file_name) as saved:
+                return saved["plain"], saved["mirrored"] if mirror else None
     embedder = Embedder(create_session(onnx), embedder_config(entry))
-    plain, mirrored = embedder.embed(crops), embedder.embed(np.ascontiguousarray(crops[:, :, ::-1]))
-    if stored is not None:
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(stored, plain=plain, mirrored=mirrored)
+    plain = embedder.embed(crops)
+    mirrored = embedder.embed(np.ascontiguousarray(crops[:, :, ::-1])) if mirror else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if mirrored is not None:
+            np.savez(folder / both, plain=plain, mirrored=mirrored)
+        else:
+            np.savez(folder / plain_only, plain=plain)
     return plain, mirrored
 
 
@@ -190,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, help="crop cache of the evaluations")
     parser.add_argument("--models", default="mobilefacenet,edgeface-xs-q", help="comma-separated embedders")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--no-flip", action="store_true", help="skip the mirror images and flip TTA")
     args = parser.parse_args(argv)
     if inside_lfw(args.dataset):
         parser.error("LFW is the test set: decide on CelebA")
@@ -208,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, object] = {}
     plain_single: dict[str, Scored] = {}
     for name in args.models.split(","):
-        plain, mirrored = embed_crops(args.model_dir, name, crops.crops, args.cache)
-        variants = {"": plain, "+flip": with_flip(plain, mirrored)}
+        plain, mirrored = embed_crops(args.model_dir, name, crops.crops, args.cache, mirror=not args.no_flip)
+        variants = {"": plain} if mirrored is None else {"": plain, "+flip": with_flip(plain, mirrored)}
         scored = {tta: closed_set(e, ids, single, "best") for tta, e in variants.items()}
         plain_single[name] = scored[""]
         for tta, e in variants.items():
@@ -223,9 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{name}{tta}: single top-1 {_pct(scored[tta].spread)}; TAR@FAR=1e-3 {100 * tar:.2f} % "
                 f"(folds {100 * tar_mean:.2f} ± {100 * tar_std:.2f})"
             )
-        flip = paired_comparison(scored[""].correct, scored["+flip"].correct, scored[""].groups)
-        report[f"{name}/flip_vs_plain"] = asdict(flip)
-        print(f"  flip − plain: {_diff(flip)}")
+        if "+flip" in scored:
+            flip = paired_comparison(scored[""].correct, scored["+flip"].correct, scored[""].groups)
+            report[f"{name}/flip_vs_plain"] = asdict(flip)
+            print(f"  flip − plain: {_diff(flip)}")
         for tta, e in variants.items():
             closed = {rule: closed_set(e, ids, templates, rule) for rule in RULES}
             opened = {rule: open_set(e, ids, templates, rule) for rule in RULES}
