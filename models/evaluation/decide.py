@@ -192,7 +192,7 @@ def _diff(c: PairedComparison) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", type=Path, help="ROOT/<identity>/*.jpg: celeba-train (never LFW)")
-    parser.add_argument("--model-dir", type=Path, required=True, help="prepared models")
+    parser.add_argument("--model-dir", type=Path, help="prepared models (default FACEBANK_MODEL_DIR)")
     parser.add_argument("--cache", type=Path, help="crop cache of the evaluations")
     parser.add_argument("--models", default="mobilefacenet,edgeface-xs-q", help="comma-separated embedders")
     parser.add_argument("--json", type=Path, help="write every figure here")
@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if inside_lfw(args.dataset):
         parser.error("LFW is the test set: decide on CelebA")
+    args.model_dir = args.model_dir or Settings().model_dir
     from models.training.data import prepare_crops
 
     crops = prepare_crops(args.dataset, Settings(model_dir=args.model_dir), cache_dir=args.cache)
