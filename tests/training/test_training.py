@@ -271,3 +271,16 @@ def test_initial_weights_of_another_network_are_refused_before_anything_is_writt
     with pytest.raises(WeightFileError, match=re.escape(f"{init}: not an EdgeFace-XS-Q state dict")):
         run_training(config, None, cache_dir=None, crops=_crops())  # type: ignore[arg-type]
     assert not config.out.exists()
+
+
+def test_max_identities_trains_on_the_first_people_by_name_and_validates_on_the_other_set() -> None:
+    from models.training.data import train_and_validation
+
+    crops = _crops(identities=5)
+    val = _crops(identities=2, seed=1)
+    val = CropSet(crops=val.crops, identities=tuple(f"v{i}" for i in val.identities), paths=val.paths)
+    split, train, held_out = train_and_validation(crops, val, val_fraction=0.2, seed=0, max_identities=3)
+    assert split.train == ("id0", "id1", "id2") and set(train.identities) == {"id0", "id1", "id2"}
+    assert held_out is val and split.val == ("vid0", "vid1")
+    with pytest.raises(ValueError, match="max_identities must be at least 2"):
+        TrainConfig(dataset=Path("data"), out=Path("out"), max_identities=1)
