@@ -80,9 +80,11 @@ def embed_paths(
     cache_dir: Path | None,
     workers: int = 2,
     want_crops: bool = False,
+    want_embeddings: bool = True,
     progress: Progress | None = None,
 ) -> EmbeddedSet:
-    """Build the pipeline from ``settings`` and embed one face per path (cached)."""
+    """Build the pipeline from ``settings`` and embed one face per path (cached); ``want_embeddings=False``
+    stops at the aligned crops (training needs only those)."""
     settings = pipeline_settings(settings, workers=workers)
     pipeline, models = build_pipeline(settings)
     keys = CacheKeys.for_pipeline(settings, models, pipeline, choice)
@@ -95,6 +97,7 @@ def embed_paths(
         workers=workers,
         max_pixels=settings.max_image_pixels,
         want_crops=want_crops,
+        want_embeddings=want_embeddings,
         progress=progress,
     )
     return EmbeddedSet(batch=batch, model=models.embedder_tag, detector=models.detector_tag)

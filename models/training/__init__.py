@@ -1,5 +1,6 @@
-"""Fine-tuning MobileFaceNet with the project's losses, exported to ONNX.
+"""Fine-tuning MobileFaceNet or EdgeFace-XS with the project's losses, exported to ONNX.
 
+- :mod:`models.training.bases`: the networks that can be fine-tuned and what differs between them (one table).
 - :mod:`models.training.config`: :class:`~models.training.config.TrainConfig`, the typed configuration.
 - :mod:`models.training.data`: detect + align a folder-per-identity set once (cached crops), the
   identity-disjoint split, validation identification top-1.

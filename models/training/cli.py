@@ -1,4 +1,5 @@
-"""``facebank train DATASET --loss {softmax,cosface,coco,csoftmax} ...``: fine-tune, export, register."""
+"""``facebank train DATASET [--base {mobilefacenet,edgeface-xs}] --loss {softmax,cosface,coco,csoftmax} ...``:
+fine-tune, export, register."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-LOSS_CHOICES = ("softmax", "cosface", "coco", "csoftmax")
+from models.training.bases import BASE_NAMES
+from models.training.config import LOSSES
 
 
 def _train(args: argparse.Namespace, settings: Any) -> int:
+    from models.export.onnx_export import WeightFileError
     from models.training.config import TrainConfig
     from models.training.run import run_training
     from service.runtime import ModelLoadError
@@ -23,6 +26,7 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
             dataset=args.dataset,
             out=args.out,
             loss=args.loss,
+            base=args.base,
             name=args.name or "",
             epochs=args.epochs,
             lr=args.lr,
@@ -33,6 +37,8 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
             val_fraction=args.val_fraction,
             seed=args.seed,
             init_weights=args.init,
+            val_dataset=args.val_dataset,
+            max_identities=args.max_identities,
             head_init=args.head_init,
             freeze_bn=args.freeze_bn,
             frozen_blocks=args.frozen_blocks,
@@ -43,8 +49,8 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if not config.init_weights.is_file():
-        print(f"error: initial weights {config.init_weights} not found (--init)", file=sys.stderr)
+    if not config.init_path.is_file():
+        print(f"error: initial weights {config.init_path} not found (--init)", file=sys.stderr)
         return 1
     cache = None if args.no_cache else (args.cache or settings.data_dir / "cache" / "eval")
     say = None if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
@@ -57,9 +63,15 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
             workers=args.workers,
             progress=say,
         )
+    except WeightFileError as exc:  # --init is not a state dict of --base's network
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (ModelLoadError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # e.g. a validation set sharing identities with the training set
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     metrics = report.metrics()
     if args.json:
         print(json.dumps(metrics, default=str))
@@ -75,7 +87,7 @@ def _train(args: argparse.Namespace, settings: Any) -> int:
 def register(commands: Any) -> None:
     parser = commands.add_parser(
         "train",
-        help="fine-tune MobileFaceNet on a folder-per-identity set and export it to ONNX",
+        help="fine-tune MobileFaceNet or EdgeFace-XS on a folder-per-identity set and export it to ONNX",
         description=(
             "Detects and aligns DATASET once with the service's pipeline (cached), splits its identities "
             "into disjoint train/validation sets, fine-tunes from --init with a fresh head for --loss, "
@@ -84,7 +96,13 @@ def register(commands: Any) -> None:
         ),
     )
     parser.add_argument("dataset", type=Path, help="ROOT/<identity>/*.jpg, e.g. ../shared/data/celeba-train")
-    parser.add_argument("--loss", choices=LOSS_CHOICES, default="cosface")
+    parser.add_argument("--loss", choices=LOSSES, default="cosface")
+    parser.add_argument(
+        "--base",
+        choices=BASE_NAMES,
+        default="mobilefacenet",
+        help="network to fine-tune (default mobilefacenet; edgeface-xs: non-commercial weights)",
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-5, help="backbone learning rate (default 1e-5)")
     parser.add_argument("--head-lr", type=float, help="head learning rate (default: --lr)")
@@ -92,19 +110,32 @@ def register(commands: Any) -> None:
     parser.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--head-init", choices=("random", "centroids"), default="random")
-    parser.add_argument("--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed")
+    parser.add_argument(
+        "--freeze-bn", action="store_true", help="keep BatchNorm statistics fixed (EdgeFace has none)"
+    )
     parser.add_argument(
         "--frozen-blocks",
         type=int,
         default=0,
-        help="freeze the stem and the first K of 15 blocks; their outputs are cached (default 0: train all)",
+        help=(
+            "freeze the stem and the first K blocks (mobilefacenet 15, edgeface-xs 18); their outputs are "
+            "cached (default 0: train all)"
+        ),
     )
     parser.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="identities held out (default 0.2)")
+    parser.add_argument(
+        "--val-dataset",
+        type=Path,
+        help="validate on every identity of this set (e.g. celeba-train); train on all of DATASET",
+    )
+    parser.add_argument(
+        "--max-identities", type=int, help="train on the first N identities (by folder name) of DATASET only"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--init", type=Path, default=Path("../shared/models/mobilefacenet.pt"))
+    parser.add_argument("--init", type=Path, help="initial weights (default: the base's upstream file)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--name", help="model name (default mobilefacenet-celeba-<loss>)")
+    parser.add_argument("--name", help="model name (default <base>-celeba-<loss>)")
     parser.add_argument("--register", action="store_true", help="add the model to the prepared manifest")
     parser.add_argument("--model-dir", type=Path, help="prepared models (default FACEBANK_MODEL_DIR)")
     parser.add_argument("--cache", type=Path, help="crop cache (default FACEBANK_DATA_DIR/cache/eval)")

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from models.evaluation.folders import inside_lfw
+from models.training.bases import BaseName, get_base
 
 LossName = Literal["softmax", "cosface", "coco", "csoftmax"]
 LOSSES: tuple[LossName, ...] = ("softmax", "cosface", "coco", "csoftmax")
 HeadInit = Literal["random", "centroids"]
 Optimizer = Literal["adamw", "sgd"]
 
-DEFAULT_INIT_WEIGHTS = Path("../shared/models/mobilefacenet.pt")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -27,15 +27,23 @@ class TrainConfig:
     barely moves in 3 epochs, which is why ``head_init="centroids"`` (class means of the initial
     embeddings) and a larger ``head_lr`` exist — see docs/accuracy.md for what the search found.
 
-    ``frozen_blocks = k > 0`` freezes the stem and the first ``k`` of MobileFaceNet's 15 bottleneck blocks
-    (BatchNorm statistics included) and trains the rest. The frozen trunk's outputs are computed once per
-    crop (and its mirror image) and cached, so an epoch costs only the small top of the network: on a CPU
-    this turns tens of minutes per epoch into seconds. ``0`` trains every layer, as the published recipe does.
+    ``base`` is the network (:mod:`models.training.bases`); ``init_weights`` defaults to its upstream file.
+    ``frozen_blocks = k > 0`` freezes the stem and the first ``k`` blocks of the base (MobileFaceNet: 15
+    bottleneck blocks, BatchNorm statistics included; EdgeFace-XS: 18) and trains the rest. The frozen
+    trunk's outputs are computed once per crop (and its mirror image) and cached, so an epoch costs only the
+    small top of the network: on a CPU this turns tens of minutes per epoch into seconds. ``0`` trains every
+    layer, as the published recipe does.
+
+    ``val_dataset``: validate on every identity of another folder-per-identity set (which must share no
+    identity folder name with ``dataset``) and train on every identity of ``dataset``; without it, a
+    ``val_fraction`` of ``dataset``'s identities is held out. ``max_identities``: train on the first that
+    many identities (by folder name) only.
     """
 
     dataset: Path
     out: Path
     loss: LossName = "cosface"
+    base: BaseName = "mobilefacenet"
     name: str = ""
     epochs: int = 3
     lr: float = 1e-5
@@ -45,7 +53,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     val_fraction: float = 0.2
     seed: int = 0
-    init_weights: Path = DEFAULT_INIT_WEIGHTS
+    init_weights: Path | None = None
+    val_dataset: Path | None = None
+    max_identities: int | None = None
     head_init: HeadInit = "random"
     freeze_bn: bool = False
     frozen_blocks: int = 0
@@ -64,20 +74,27 @@ class TrainConfig:
             raise ValueError("epochs must be >= 1 and batch_size >= 2")
         if not self.lr > 0 or (self.head_lr is not None and not self.head_lr > 0):
             raise ValueError("learning rates must be positive")
-        if not 0 <= self.frozen_blocks <= 15:
+        blocks = get_base(self.base).blocks
+        if not 0 <= self.frozen_blocks <= blocks:
             raise ValueError(
-                f"frozen_blocks must be in [0, 15] (MobileFaceNet has 15), got {self.frozen_blocks}"
+                f"frozen_blocks must be in [0, {blocks}] ({self.base} has {blocks}), got {self.frozen_blocks}"
             )
+        if self.max_identities is not None and self.max_identities < 2:
+            raise ValueError(f"max_identities must be at least 2, got {self.max_identities}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.name and not _NAME.match(self.name):
             raise ValueError(f"name {self.name!r}: lower-case letters, digits, '.', '_' and '-' only")
-        if inside_lfw(Path(self.dataset)):
-            raise ValueError("LFW is the test set: never train on it")
+        if inside_lfw(Path(self.dataset)) or (self.val_dataset and inside_lfw(Path(self.val_dataset))):
+            raise ValueError("LFW is the test set: never train or validate on it")
 
     @property
     def model_name(self) -> str:
-        return self.name or f"mobilefacenet-celeba-{self.loss}"
+        return self.name or f"{self.base}-celeba-{self.loss}"
+
+    @property
+    def init_path(self) -> Path:
+        return self.init_weights if self.init_weights is not None else get_base(self.base).default_init
 
     @property
     def effective_head_lr(self) -> float:
@@ -88,4 +105,4 @@ class TrainConfig:
         return {key: str(value) if isinstance(value, Path) else value for key, value in data.items()}
 
 
-__all__ = ["DEFAULT_INIT_WEIGHTS", "LOSSES", "HeadInit", "LossName", "Optimizer", "TrainConfig"]
+__all__ = ["LOSSES", "HeadInit", "LossName", "Optimizer", "TrainConfig"]

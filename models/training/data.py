@@ -77,6 +77,7 @@ def prepare_crops(
         cache_dir=cache_dir,
         workers=workers,
         want_crops=True,
+        want_embeddings=False,
         progress=progress,
     )
     batch = embedded.batch
@@ -116,6 +117,37 @@ def split_identities(identities: Iterable[str], *, val_fraction: float, seed: in
     val = sorted(names[i] for i in order[:count])
     train = sorted(names[i] for i in order[count:])
     return IdentitySplit(train=tuple(train), val=tuple(val))
+
+
+def train_and_validation(
+    crops: CropSet,
+    val_crops: CropSet | None,
+    *,
+    val_fraction: float,
+    seed: int,
+    max_identities: int | None = None,
+) -> tuple[IdentitySplit, CropSet, CropSet]:
+    """Every identity of ``crops`` trains and every identity of ``val_crops`` validates, or, without
+    ``val_crops``, a seeded ``val_fraction`` of ``crops``' identities is held out. Raises ``ValueError`` when
+    the two sets share an identity folder name: validation must be identity-disjoint.
+
+    ``max_identities``: train on the first that many identities (by folder name) of ``crops`` only (what
+    two CPU cores can afford; the others are not used at all)."""
+    if max_identities is not None:
+        crops = crops.subset(sorted(set(crops.identities))[:max_identities])
+    if val_crops is None:
+        split = split_identities(crops.identities, val_fraction=val_fraction, seed=seed)
+        return split, crops.subset(split.train), crops.subset(split.val)
+    split = IdentitySplit(
+        train=tuple(sorted(set(crops.identities))), val=tuple(sorted(set(val_crops.identities)))
+    )
+    shared = set(split.train) & set(split.val)
+    if shared:
+        raise ValueError(
+            f"the training and validation sets share {len(shared)} identity folder names "
+            f"(e.g. {sorted(shared)[0]}): validation must be identity-disjoint"
+        )
+    return split, crops, val_crops
 
 
 @dataclass(frozen=True)
@@ -158,5 +190,6 @@ __all__ = [
     "ValidationResult",
     "prepare_crops",
     "split_identities",
+    "train_and_validation",
     "validation_top1",
 ]

@@ -3,7 +3,8 @@
 - :func:`export_trained`: state dict → ``<name>.pt``, then :func:`models.export.onnx_export.export_embedder`
   (strict load, dynamic batch axis, onnxruntime-vs-PyTorch cosine > 0.9999 on real aligned faces).
 - :func:`trained_entry`: the manifest entry (``origin = "trained"``: no upstream URL; ``onnx_sha256``,
-  ``base_model`` and ``trained_by`` instead), preprocessing and template copied from the base embedder.
+  ``base_model`` and ``trained_by`` instead), preprocessing, template and dimension copied from the base
+  embedder (:mod:`models.training.bases`), licence from the base.
 - :func:`write_fragment`: that entry alone as TOML, for review before it goes into
   ``service/runtime/manifest.toml``.
 - :func:`register_in_model_dir`: copy the ONNX, weights and card into a prepared model folder and add the
@@ -19,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from models.export import EXPORT_VERSION
-from models.export.onnx_export import ParityReport, export_embedder
-from models.nets.mobilefacenet import MobileFaceNet
-from models.training.train import BASE_EMBEDDER, base_preprocess, to_tensor
+from models.export.onnx_export import ParityReport, export_embedder_net
+from models.training.bases import Base, get_base
+from models.training.train import to_tensor
 from service.runtime.manifest import (
-    PROJECT_MANIFEST,
     EmbedderSpec,
     Manifest,
     ModelEntry,
@@ -33,11 +34,6 @@ from service.runtime.manifest import (
     load_manifest,
     sha256_file,
     write_manifest,
-)
-
-LICENCE = (
-    "research and non-commercial use only: fine-tuned on CelebA (non-commercial research licence) from "
-    "MobileFaceNet weights trained on MS-Celeb-1M (research use only)"
 )
 
 
@@ -49,14 +45,28 @@ class ExportedModel:
     parity: ParityReport
 
 
-def export_trained(net: MobileFaceNet, name: str, out_dir: Path, sample_crops: np.ndarray) -> ExportedModel:
-    """Save the backbone and export it; the parity check runs on ``sample_crops`` (real aligned faces)."""
+def export_trained(
+    net: nn.Module,
+    name: str,
+    out_dir: Path,
+    sample_crops: np.ndarray,
+    base: Base | None = None,
+) -> ExportedModel:
+    """Save the backbone and export it as reloaded (strictly) from the saved file, so the ONNX graph is what
+    the ``.pt`` holds; the parity check runs on ``sample_crops`` (real aligned faces)."""
+    base = base or get_base("mobilefacenet")
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / f"{name}.pt"
     torch.save({key: value.detach().cpu() for key, value in net.state_dict().items()}, weights)
-    faces = to_tensor(sample_crops, base_preprocess()).numpy()
+    faces = to_tensor(sample_crops, base.preprocess()).numpy()
     samples = [faces[:1], faces[: min(len(faces), 32)]]
-    parity = export_embedder(weights, out_dir / f"{name}.onnx", sample_inputs=samples)
+    parity = export_embedder_net(
+        base.build(weights),
+        out_dir / f"{name}.onnx",
+        dim=base.dim,
+        input_size=base.entry().embedder.input_size[0],  # type: ignore[union-attr]
+        sample_inputs=samples,
+    )
     return ExportedModel(name=name, weights=weights, onnx=out_dir / f"{name}.onnx", parity=parity)
 
 
@@ -70,34 +80,37 @@ def trained_entry(
     version: str = "1",
     onnx: Path | None = None,
     trained_by: str = "facebank train (models/training)",
+    base: Base | None = None,
 ) -> ModelEntry:
-    """A manifest entry for a fine-tuned MobileFaceNet: input, template and preprocessing of the base.
+    """A manifest entry for a fine-tuned ``base`` (default MobileFaceNet): input, template, dimension and
+    preprocessing of the base's manifest entry, licence of the base.
 
     The ONNX file (``onnx``, default: beside ``weights`` as :func:`export_trained` writes it) is the
     artefact, so its sha256 is recorded; the weights it came from are named with their sha256 too, and there
     is no upstream URL.
     """
     onnx = onnx if onnx is not None else weights.with_suffix(".onnx")
-    base = load_manifest(PROJECT_MANIFEST).get(BASE_EMBEDDER)
-    assert base.embedder is not None
+    network = base or get_base("mobilefacenet")
+    upstream = network.entry()
+    assert upstream.embedder is not None
     return replace(
-        base,
+        upstream,
         name=name,
         version=version,
         origin="trained",
-        base_model=base.tag,
+        base_model=upstream.tag,
         trained_by=trained_by,
         onnx_file=f"{name}.onnx",
         source_file=weights.name,
         source_url=None,
         source_sha256=sha256_file(weights),
-        licence=LICENCE,
+        licence=network.licence,
         provenance=provenance,
         card=card,
         embedder=EmbedderSpec(
-            input_size=base.embedder.input_size,
-            dim=base.embedder.dim,
-            template=base.embedder.template,
+            input_size=upstream.embedder.input_size,
+            dim=upstream.embedder.dim,
+            template=upstream.embedder.template,
             threshold=round(float(threshold), 4),
         ),
         onnx_sha256=sha256_file(onnx),
@@ -143,7 +156,6 @@ def register_in_model_dir(
 
 
 __all__ = [
-    "LICENCE",
     "ExportedModel",
     "export_trained",
     "register_in_model_dir",

@@ -2,6 +2,9 @@
 
 Outputs in ``config.out``: ``<name>.pt`` (backbone state dict), ``<name>.onnx``, ``<name>.md`` (model card),
 ``<name>.toml`` (manifest fragment), ``metrics.json`` and ``split.json`` (the train/validation identities).
+With ``config.val_dataset`` every identity of ``config.dataset`` trains and every identity of the validation
+set validates (their folder names must not overlap); otherwise ``config.val_fraction`` of the identities is
+held out.
 LFW is never touched here: evaluate the result with ``facebank eval lfw --model <name>`` after registering.
 
 Usage::
@@ -23,17 +26,17 @@ from typing import Any
 import torch
 
 from models.evaluation.run import calibrate_embeddings
+from models.training.bases import get_base
 from models.training.config import TrainConfig
-from models.training.data import CropSet, IdentitySplit, prepare_crops, split_identities
+from models.training.data import CropSet, IdentitySplit, prepare_crops, train_and_validation
 from models.training.publish import (
-    LICENCE,
     ExportedModel,
     export_trained,
     register_in_model_dir,
     trained_entry,
     write_fragment,
 )
-from models.training.train import TrainResult, base_preprocess, embed, train_embedder
+from models.training.train import TrainResult, embed, train_embedder
 from service.config import Settings
 
 FAR = 1e-3
@@ -71,6 +74,7 @@ class TrainingReport:
         r = self.result
         return {
             "model": self.config.model_name,
+            "base": self.config.base,
             "loss": self.config.loss,
             "date": self.date,
             "hardware": self.hardware,
@@ -96,12 +100,18 @@ class TrainingReport:
 
 def model_card(report: TrainingReport) -> str:
     c, r, m = report.config, report.result, report.metrics()
+    base = get_base(c.base)
     epochs = "\n".join(
         f"| {h.epoch} | {h.mean_loss:.4f} | {100 * h.val_top1:.2f} % | {h.seconds:.0f} s |" for h in r.history
     )
+    held_out = (
+        f"validation: every identity of `{c.val_dataset}`"
+        if c.val_dataset
+        else f"identities split by seed {c.seed}"
+    )
     data = (
-        f"`{c.dataset}`: {report.images} photos, {report.no_face} without a face left out; identities split "
-        f"by seed {c.seed}: {len(report.split.train)} train / {len(report.split.val)} validation "
+        f"`{c.dataset}`: {report.images} photos, {report.no_face} without a face left out; {held_out}: "
+        f"{len(report.split.train)} train / {len(report.split.val)} validation identities "
         "(disjoint; `split.json`)"
     )
     trained = (
@@ -114,12 +124,12 @@ def model_card(report: TrainingReport) -> str:
 | | |
 | --- | --- |
 | Manifest name / tag | `{c.model_name}` / `{c.model_name}@1` |
-| Network | MobileFaceNet (`models/nets/mobilefacenet.py`), 128-d, input and template of `mobilefacenet` |
-| Initialised from | `{c.init_weights}` (foamliu/MobileFaceNet, see `mobilefacenet.md`) |
+| Network | {base.network}, input and template of `{base.manifest_entry}` |
+| Initialised from | `{c.init_path}` ({base.origin}) |
 | Loss | `{c.loss}` with a fresh head over {r.num_classes} training identities (`models/losses/`) |
 | Data | {data} |
 | Training | {trained} |
-| Licence | {LICENCE} |
+| Licence | {base.licence} |
 
 ## Hyper-parameters
 
@@ -130,7 +140,7 @@ def model_card(report: TrainingReport) -> str:
 ## Validation (held-out CelebA identities, never LFW)
 
 Identification: gallery = first photo of each validation identity, probes = the others
-({r.final.probes} probes).
+({r.final.probes} probes, {r.final.gallery} identities).
 
 | epoch | mean training loss | validation top-1 | time |
 | --- | --- | --- | --- |
@@ -155,9 +165,10 @@ Not measured during training (LFW is a test set). Register the model and run
 
 ## Limitations
 
-- Fine-tuned on a few thousand photos of about 170 celebrities; a few epochs on a small set can trade
+- Fine-tuned on {r.train_images} photos of {r.num_classes} celebrities; a few epochs on a small set can trade
   general accuracy for fit to that set. Compare its LFW figures with the base model before using it.
-- CelebA's and MS-Celeb-1M's demographic skews carry over; error rates across groups have not been measured.
+- CelebA's and the base's training data's demographic skews carry over; error rates across groups have not
+  been measured.
 """
 
 
@@ -170,22 +181,35 @@ def run_training(
     workers: int = 2,
     progress: Callable[[str], None] | None = None,
     crops: CropSet | None = None,
+    val_crops: CropSet | None = None,
 ) -> TrainingReport:
     """Run one training end to end and write its outputs to ``config.out``."""
     say = progress or (lambda _msg: None)
+    base = get_base(config.base)
+    # A wrong --init fails here, with WeightFileError naming the file, before anything is written.
+    net = base.build(config.init_path)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     if crops is None:
         crops = prepare_crops(config.dataset, settings, cache_dir=cache_dir, workers=workers, progress=say)
     identities = len(set(crops.identities))
     say(f"{len(crops)} crops of {identities} identities ({crops.no_face} photos without a face)")
-    split = split_identities(crops.identities, val_fraction=config.val_fraction, seed=config.seed)
+    if config.val_dataset is not None and val_crops is None:
+        val_crops = prepare_crops(
+            config.val_dataset, settings, cache_dir=cache_dir, workers=workers, progress=say
+        )
+    split, train, val = train_and_validation(
+        crops,
+        val_crops if config.val_dataset is not None else None,
+        val_fraction=config.val_fraction,
+        max_identities=config.max_identities,
+        seed=config.seed,
+    )
     (out / "split.json").write_text(json.dumps({"train": split.train, "val": split.val}, indent=1))
-    train, val = crops.subset(split.train), crops.subset(split.val)
-    result = train_embedder(config, train, val, progress=say, cache_dir=cache_dir)
-    val_embeddings = embed(result.net, val.crops, base_preprocess())
+    result = train_embedder(config, train, val, progress=say, net=net, cache_dir=cache_dir)
+    val_embeddings = embed(result.net, val.crops, base.preprocess())
     point, _, _ = calibrate_embeddings(val_embeddings, list(val.identities), FAR)
-    exported = export_trained(result.net, config.model_name, out, val.crops[:32])
+    exported = export_trained(result.net, config.model_name, out, val.crops[:32], base)
     say(exported.parity.summary())
     report = TrainingReport(
         config=config,
@@ -204,12 +228,13 @@ def run_training(
     card = out / f"{config.model_name}.md"
     card.write_text(model_card(report), encoding="utf-8")
     provenance = (
-        f"fine-tuned by facebank models/training from mobilefacenet@1 on {Path(config.dataset).name} "
+        f"fine-tuned by facebank models/training from {base.entry().tag} on {Path(config.dataset).name} "
         f"({config.loss} loss, {config.epochs} epochs, lr {config.lr:g}, batch {config.batch_size}, "
         f"seed {config.seed}); exported by models/export/onnx_export.py"
     )
     trained_by = (
-        f"facebank train {config.dataset} --loss {config.loss} --epochs {config.epochs} --lr {config.lr:g} "
+        f"facebank train {config.dataset} --base {config.base} --loss {config.loss} "
+        f"--epochs {config.epochs} --lr {config.lr:g} "
         f"--batch-size {config.batch_size} ({report.date}; every setting in the card)"
     )
     entry = trained_entry(
@@ -220,6 +245,7 @@ def run_training(
         provenance=provenance,
         trained_by=trained_by,
         card=f"cards/{config.model_name}.md",
+        base=base,
     )
     write_fragment(entry, out / f"{config.model_name}.toml")
     if register_dir is not None:

@@ -1,4 +1,5 @@
-"""Fine-tune MobileFaceNet on aligned crops with one of the project's losses.
+"""Fine-tune a face embedder (a :mod:`models.training.bases` network) on aligned crops with one of the
+project's losses.
 
 The backbone starts from the upstream weights (loaded strictly); the loss brings a fresh head sized to the
 training identities. Inputs are preprocessed with the embedder's manifest entry (mean, std, channel order),
@@ -31,23 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.export.onnx_export import build_embedder
 from models.losses import COCOLoss, CosFaceLoss, CSoftmaxLoss, SoftmaxLoss
-from models.nets.mobilefacenet import EMBEDDING_DIM, MobileFaceNet
+from models.training.bases import Base, get_base
 from models.training.config import TrainConfig
 from models.training.data import CropSet, ValidationResult, validation_top1
-from service.runtime.manifest import PROJECT_MANIFEST, Preprocess, load_manifest
+from service.runtime.manifest import Preprocess
 
 log = logging.getLogger(__name__)
 
 LossModule = SoftmaxLoss | CosFaceLoss | COCOLoss | CSoftmaxLoss
-BASE_EMBEDDER = "mobilefacenet"
 EMBED_BATCH = 128
-
-
-def base_preprocess() -> Preprocess:
-    """The pixel preprocessing of the upstream embedder, from the project manifest."""
-    return load_manifest(PROJECT_MANIFEST).get(BASE_EMBEDDER).preprocess
 
 
 def to_tensor(crops: np.ndarray, preprocess: Preprocess) -> Tensor:
@@ -60,8 +54,10 @@ def to_tensor(crops: np.ndarray, preprocess: Preprocess) -> Tensor:
     return ((pixels - mean) / std).permute(0, 3, 1, 2).contiguous()
 
 
-def make_loss(config: TrainConfig, num_classes: int, in_features: int = EMBEDDING_DIM) -> LossModule:
-    """A fresh head for ``config.loss`` over ``num_classes`` training identities."""
+def make_loss(config: TrainConfig, num_classes: int, in_features: int | None = None) -> LossModule:
+    """A fresh head for ``config.loss`` over ``num_classes`` training identities (``in_features``: the
+    base's embedding dimension unless given)."""
+    in_features = in_features if in_features is not None else get_base(config.base).dim
     if config.loss == "softmax":
         return SoftmaxLoss(in_features, num_classes)
     if config.loss == "cosface":
@@ -71,27 +67,25 @@ def make_loss(config: TrainConfig, num_classes: int, in_features: int = EMBEDDIN
     return CSoftmaxLoss(in_features, num_classes)
 
 
-def split_network(net: MobileFaceNet, frozen_blocks: int) -> tuple[nn.Sequential, nn.Sequential]:
-    """(trunk, top) sharing ``net``'s modules: ``top(trunk(x)) == net(x)``."""
-    blocks = list(net.features.children())
-    trunk = nn.Sequential(net.conv1, net.dw_conv, *blocks[:frozen_blocks])
-    top = nn.Sequential(*blocks[frozen_blocks:], net.conv2, net.gdconv, net.conv3, net.bn, nn.Flatten(1))
-    return trunk, top
-
-
 @torch.no_grad()
 def embed(
-    net: MobileFaceNet, crops: np.ndarray, preprocess: Preprocess, batch: int = EMBED_BATCH
+    net: nn.Module, crops: np.ndarray, preprocess: Preprocess, batch: int = EMBED_BATCH, *, flip: bool = False
 ) -> np.ndarray:
-    """L2-normalised embeddings of crops with the network in eval mode (restores its mode after)."""
+    """L2-normalised embeddings of crops with the network in eval mode (restores its mode after).
+
+    ``flip``: of the mean of the crop's and its mirror image's raw embeddings (flip test-time augmentation).
+    """
     was_training = net.training
     net.eval()
-    out = [
-        F.normalize(net(to_tensor(crops[s : s + batch], preprocess)), dim=1).numpy()
-        for s in range(0, len(crops), batch)
-    ]
+    out = []
+    for s in range(0, len(crops), batch):
+        part = crops[s : s + batch]
+        vectors = net(to_tensor(part, preprocess))
+        if flip:
+            vectors = vectors + net(to_tensor(part[:, :, ::-1], preprocess))
+        out.append(F.normalize(vectors, dim=1).numpy())
     net.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 @torch.no_grad()
@@ -124,9 +118,9 @@ def trunk_outputs(
     return outputs
 
 
-def _trunk_key(net: MobileFaceNet, frozen_blocks: int, crops: np.ndarray, mirror: bool) -> str:
+def _trunk_key(base: Base, net: nn.Module, frozen_blocks: int, crops: np.ndarray, mirror: bool) -> str:
     digest = hashlib.sha256()
-    trunk, _ = split_network(net, frozen_blocks)
+    trunk, _ = base.split(net, frozen_blocks)
     for name, tensor in trunk.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().numpy().tobytes())
@@ -165,7 +159,7 @@ class EpochRecord:
 
 @dataclass
 class TrainResult:
-    net: MobileFaceNet
+    net: nn.Module
     loss: LossModule
     baseline: ValidationResult
     final: ValidationResult
@@ -184,7 +178,7 @@ class _Inputs:
 
     def __init__(
         self,
-        net: MobileFaceNet,
+        net: nn.Module,
         config: TrainConfig,
         crops: np.ndarray,
         preprocess: Preprocess,
@@ -192,7 +186,8 @@ class _Inputs:
         say: Callable[[str], None],
     ) -> None:
         self.crops, self.preprocess, self.k = crops, preprocess, config.frozen_blocks
-        self.trunk, self.top = split_network(net, self.k)
+        base = get_base(config.base)
+        self.trunk, self.top = base.split(net, self.k)
         self.model: nn.Module = self.top if self.k else net
         self.outputs: list[np.ndarray] = []
         if self.k:
@@ -200,7 +195,7 @@ class _Inputs:
                 p.requires_grad_(False)
             started = time.perf_counter()
             for mirror in (False, True) if config.flip else (False,):
-                key = _trunk_key(net, self.k, crops, mirror)
+                key = _trunk_key(base, net, self.k, crops, mirror)
                 cache = cache_dir / "trunk" / f"{key}.npy" if cache_dir else None
                 self.outputs.append(trunk_outputs(self.trunk, crops, preprocess, mirror=mirror, cache=cache))
             say(f"frozen trunk (stem + {self.k} blocks): outputs in {time.perf_counter() - started:.0f} s")
@@ -234,7 +229,7 @@ def _embed_with(
             for s in range(0, count, batch)
         ]
     model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, EMBEDDING_DIM), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def train_embedder(
@@ -243,17 +238,18 @@ def train_embedder(
     val: CropSet | None,
     *,
     progress: Callable[[str], None] | None = None,
-    net: MobileFaceNet | None = None,
+    net: nn.Module | None = None,
     cache_dir: Path | None = None,
 ) -> TrainResult:
-    """Fine-tune and validate; ``net`` overrides loading ``config.init_weights`` (tests pass their own)."""
+    """Fine-tune and validate; ``net`` overrides loading ``config.init_path`` (tests pass their own)."""
     say = progress or (lambda _msg: None)
     threads = config.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    preprocess = base_preprocess()
-    net = net if net is not None else build_embedder(config.init_weights)
+    base = get_base(config.base)
+    preprocess = base.preprocess()
+    net = net if net is not None else base.build(config.init_path)
     labels, names = train.labels()
     loss = make_loss(config, len(names))
     started = time.perf_counter()
@@ -350,11 +346,9 @@ __all__ = [
     "EpochRecord",
     "LossModule",
     "TrainResult",
-    "base_preprocess",
     "embed",
     "init_head_from_centroids",
     "make_loss",
-    "split_network",
     "to_tensor",
     "train_embedder",
     "trunk_outputs",
