@@ -133,8 +133,8 @@ def test_hnsw_with_device_auto_runs_on_the_cpu() -> None:
 
 
 def test_an_unknown_index_type_is_refused() -> None:
-    with pytest.raises(IndexTypeUnavailable, match="flat or hnsw"):
-        make_index(DIM, index_type="ivf")  # type: ignore[arg-type]
+    with pytest.raises(IndexTypeUnavailable, match="flat, hnsw or ivf"):
+        make_index(DIM, index_type="annoy")  # type: ignore[arg-type]
 
 
 def test_serve_refuses_hnsw_on_cuda_in_one_line_before_starting(
