@@ -64,7 +64,8 @@ class Settings(BaseSettings):
         default=39,
         ge=1,
         le=10_000,
-        description="IVF searches exactly until the gallery holds this many faces per cell, then trains on them.",
+        description="IVF searches exactly until the gallery holds this many faces per cell, then trains "
+        "on them.",
     )
     embedder_precision: Literal["fp32", "fp16"] = Field(
         default="fp32", description="fp16 runs the half-precision export of the embedder; CUDA only."

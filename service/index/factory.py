@@ -70,8 +70,8 @@ def make_index(
     """`cpu`: FaissFlatIndex; `cuda`: FaissGpuFlatIndex or a clear error; `auto`: the GPU if FAISS has one.
 
     `index_type="hnsw"` / `"ivf"`: FaissHnswIndex / FaissIvfIndex (approximate, CPU only: refused with
-    `cuda`, on the CPU with `auto`). `search_threads` is the CPU indexes' OpenMP thread count per search, `fp16` the GPU index's
-    storage.
+    `cuda`, on the CPU with `auto`). `search_threads` is the CPU indexes' OpenMP thread count per search,
+    `fp16` the GPU index's storage.
     """
     refusal = index_type_refusal(index_type, device)
     if refusal is not None:
