@@ -122,6 +122,7 @@ class FaissIvfIndex:
                 assert self._exact is not None
                 return self._exact.ids()
             lists = self._ivf.invlists
+            assert lists is not None  # an IndexIVFFlat always has its own
             parts = [
                 faiss.rev_swig_ptr(lists.get_ids(cell), lists.list_size(cell)).copy()
                 for cell in range(self._ivf.nlist)
