@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from service.index.base import VectorIndex
 from service.index.faiss_gpu import FaissGpuFlatIndex, GpuIndexUnavailable, gpu_unavailable_reason
@@ -25,7 +25,7 @@ class IndexTypeUnavailable(ValueError):
 
 def index_type_refusal(index_type: str, device: str) -> str | None:
     """Why this index type cannot serve on this device (a one-line start-up refusal), or None."""
-    if index_type not in ("flat", "hnsw", "ivf"):
+    if index_type not in get_args(IndexType):
         return f"FACEBANK_INDEX_TYPE must be flat, hnsw or ivf, not {index_type!r}"
     if index_type in ("hnsw", "ivf") and device == "cuda":
         # FAISS has no GPU HNSW, and facebank no GPU IVF (FAISS's would need its own id and training

@@ -7,6 +7,10 @@ the vectors present once there are `min_per_list * nlist` of them; from then on 
 A rebuild from SQL (reset, then the gallery added in key order) therefore trains on the first
 `min_per_list * nlist` faces it adds, so every rebuild or restart re-learns the centroids from the gallery
 as it is; nothing retrains it in between (faces enrolled later fall into the nearest existing cell).
+Training runs inside the `add` that reaches the threshold, under the write lock: k-means plus moving the
+faces into cells took most of the 52 s (nlist 1024) and 181 s (nlist 4096) builds of 1M faces on two loaded
+cores (docs/benchmarks.md, "Scale"), during which searches wait; in a rebuild from SQL that is part of
+start-up.
 
 Removal and replacement are native (`IndexIVF.remove_ids` drops the entries from their cells, no
 tombstones); it scans every cell's id list, like `FaissFlatIndex`'s removal scans its id map (cost in
