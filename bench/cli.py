@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("embedder", "detector", "search", "rest", "e2e", "replicas", "ann")
+SECTIONS = ("embedder", "detector", "search", "rest", "e2e", "replicas", "ann", "scale")
 # replicas starts several servers on SQLite and PostgreSQL (minutes), ann builds HNSW graphs of up to 1M
-# faces (minutes on two cores): asked for by name only.
+# faces (minutes on two cores), scale galleries of up to 10M (about an hour, 11 GB): asked for by name only.
 DEFAULT_SECTIONS = ("embedder", "detector", "search", "rest", "e2e")
 
 DESCRIPTION = (
@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=SECTIONS,
         default=list(DEFAULT_SECTIONS),
         metavar="SECTION",
-        help=f"which to run, in order: {' '.join(SECTIONS)} (default all but replicas and ann)",
+        help=f"which to run, in order: {' '.join(SECTIONS)} (default all but replicas, ann and scale)",
     )
     parser.add_argument(
         "--ann-sizes",
@@ -53,6 +53,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[100_000, 1_000_000],
         metavar="N",
         help="gallery sizes of the ann section (default 100000 1000000; --quick: 10000)",
+    )
+    parser.add_argument(
+        "--scale-sizes",
+        nargs="+",
+        type=int,
+        default=[1_000_000, 10_000_000],
+        metavar="N",
+        help="gallery sizes of the scale section (default 1000000 10000000; --quick: 20000)",
+    )
+    parser.add_argument(
+        "--scale-stores", nargs="+", metavar="STORE", help="the scale section's stores to run (default all)"
+    )
+    parser.add_argument(
+        "--scale-no-uniform", action="store_true", help="scale: skip the uniform (worst-case) gallery"
+    )
+    parser.add_argument(
+        "--embedding-cache",
+        type=Path,
+        default=Path("~/.cache/facebank-bench").expanduser(),
+        help="scale: where the celeba-train and LFW embeddings are cached (default ~/.cache/facebank-bench)",
     )
     parser.add_argument("--shared", type=Path, help="folder with data/lfw and models/ (default ../shared)")
     parser.add_argument(

@@ -143,6 +143,11 @@ class Context:
     out: TextIO = field(default=sys.stdout)
     server_env: dict[str, str] = field(default_factory=dict)  # extra environment for the REST server
     ann_sizes: tuple[int, ...] = (100_000, 1_000_000)  # gallery sizes of the `ann` section
+    scale_sizes: tuple[int, ...] = (1_000_000, 10_000_000)  # gallery sizes of the `scale` section
+    scale_stores: tuple[str, ...] = ()  # the `scale` section's stores by name; empty: all
+    scale_uniform: bool = True  # `scale` also measures the uniform (worst-case) gallery at its first size
+    # Where `scale` caches real-face embeddings (.npz)
+    embedding_cache: Path = field(default_factory=lambda: Path("~/.cache/facebank-bench").expanduser())
     started: float = field(default_factory=time.perf_counter)
 
     def log(self, message: str) -> None:

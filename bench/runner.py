@@ -17,7 +17,7 @@ from service.config import Settings
 
 
 def _sections() -> dict[str, Callable[[Context], None]]:
-    from bench import ann, end_to_end, inference, replicas, rest, search
+    from bench import ann, end_to_end, inference, replicas, rest, scale, search
 
     return {
         "embedder": inference.run_embedder,
@@ -27,6 +27,7 @@ def _sections() -> dict[str, Callable[[Context], None]]:
         "e2e": end_to_end.run,
         "replicas": replicas.run,
         "ann": ann.run,
+        "scale": scale.run,
     }
 
 
@@ -70,6 +71,10 @@ def run(args: argparse.Namespace, settings: Settings, argv: list[str] | None = N
             out=out,
             server_env=dict(item.split("=", 1) for item in args.server_env or []),
             ann_sizes=tuple(args.ann_sizes),
+            scale_sizes=tuple(args.scale_sizes),
+            scale_stores=tuple(args.scale_stores or ()),
+            scale_uniform=not args.scale_no_uniform,
+            embedding_cache=args.embedding_cache,
         )
         try:
             context.models  # noqa: B018 (load once, fail early with the reason)

@@ -45,10 +45,10 @@ class Settings(BaseSettings):
     index_fp16: bool = Field(
         default=True, description="GPU index keeps vectors as fp16 (half the memory traffic); ignored on CPU."
     )
-    index_type: Literal["flat", "hnsw"] = Field(
+    index_type: Literal["flat", "hnsw", "ivf"] = Field(
         default="flat",
-        description="flat: exact search (CPU or GPU); hnsw: approximate search on the CPU (FAISS HNSW), for "
-        "galleries where flat is too slow; refused with device=cuda.",
+        description="flat: exact search (CPU or GPU); hnsw / ivf: approximate search on the CPU (FAISS HNSW "
+        "or IVF-Flat), for galleries where flat is too slow; refused with device=cuda.",
     )
     hnsw_m: int = Field(default=32, ge=2, le=256, description="HNSW links per face: memory and recall.")
     hnsw_ef_construction: int = Field(
@@ -56,6 +56,19 @@ class Settings(BaseSettings):
     )
     hnsw_ef_search: int = Field(
         default=200, ge=1, le=65_536, description="HNSW search candidate list (at least k): speed vs recall."
+    )
+    ivf_nlist: int = Field(
+        default=1024, ge=1, le=1_048_576, description="IVF cells (k-means centroids): about 1-4 × √gallery."
+    )
+    ivf_nprobe: int = Field(
+        default=32, ge=1, le=1_048_576, description="IVF cells scanned per query: speed vs recall."
+    )
+    ivf_min_per_list: int = Field(
+        default=39,
+        ge=1,
+        le=10_000,
+        description="IVF searches exactly until the gallery holds this many faces per cell, then trains "
+        "on them.",
     )
     vector_store: Literal["faiss", "milvus"] = Field(
         default="faiss",

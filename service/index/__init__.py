@@ -5,6 +5,7 @@ from service.index.factory import IndexTypeUnavailable, index_for, index_type_re
 from service.index.faiss_gpu import FaissGpuFlatIndex, GpuIndexUnavailable, gpu_unavailable_reason
 from service.index.faiss_index import FaissFlatIndex
 from service.index.hnsw import FaissHnswIndex, HnswParams
+from service.index.ivf import FaissIvfIndex, IvfParams
 from service.index.slots import CpuFlatStorage, IndexNeedsRebuild, SlotIndex
 
 __all__ = [
@@ -12,10 +13,12 @@ __all__ = [
     "FaissFlatIndex",
     "FaissGpuFlatIndex",
     "FaissHnswIndex",
+    "FaissIvfIndex",
     "GpuIndexUnavailable",
     "HnswParams",
     "IndexNeedsRebuild",
     "IndexTypeUnavailable",
+    "IvfParams",
     "SearchResult",
     "SlotIndex",
     "VectorIndex",

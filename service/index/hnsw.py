@@ -4,8 +4,9 @@ FAISS HNSW graphs cannot remove a vector, so removal and replacement are `SlotIn
 removed face stays in the graph (it still helps navigation) but every search passes FAISS a bitmap of the
 live positions (`IDSelectorBitmap`), so HNSW collects `k` live results itself instead of searching deeper
 and filtering afterwards. Once tombstones pass `compact_fraction` of the stored vectors the graph is rebuilt
-from the live vectors (a full HNSW build, under the write lock: docs/benchmarks.md, "Approximate search
-in-process", gives its cost and the recall with tombstones).
+from the live vectors: a full HNSW build (docs/benchmarks.md, "Approximate search in-process", gives its
+cost and the recall with tombstones), run aside on a background thread (`SlotIndex`'s `compact_aside`) so
+searches and writes go on meanwhile; the new graph is swapped in under the write lock.
 
 Vectors are unit length and the metric is inner product, so scores are cosine similarities as with the flat
 index; results are approximate (recall against exact search is measured by `python -m bench --sections ann`).
@@ -103,6 +104,7 @@ class FaissHnswIndex(SlotIndex):
             new_storage=lambda: HnswStorage(dim, params),
             compact_fraction=compact_fraction,
             compact_min=compact_min,
+            compact_aside=True,  # a 1M-face build takes minutes: searches must not wait for it
         )
 
     def search(self, queries: np.ndarray, k: int) -> SearchResult:

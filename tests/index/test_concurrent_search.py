@@ -10,7 +10,16 @@ import faiss
 import numpy as np
 import pytest
 
-from service.index import CpuFlatStorage, FaissFlatIndex, FaissHnswIndex, SearchResult, SlotIndex, VectorIndex
+from service.index import (
+    CpuFlatStorage,
+    FaissFlatIndex,
+    FaissHnswIndex,
+    FaissIvfIndex,
+    IvfParams,
+    SearchResult,
+    SlotIndex,
+    VectorIndex,
+)
 from service.index.faiss_gpu import InterleavedStorage
 from service.index.faiss_index import BLAS_MIN_QUERIES, _BlasThreshold
 from service.pipeline.embed import l2_normalize
@@ -38,6 +47,8 @@ INDEXES: dict[str, Callable[[], VectorIndex]] = {
     # k = 10 beyond the storage's limit: every search is the host scan of `_search_beyond_limit`.
     "slot_k_limit_4": lambda: _slot_index(lambda: CpuFlatStorage(DIM, max_k=4)),
     "hnsw": lambda: FaissHnswIndex(DIM, search_threads=1),
+    # Trained from the 16th face, half the cells probed: approximate, as in service.
+    "ivf": lambda: FaissIvfIndex(DIM, params=IvfParams(nlist=4, nprobe=2, min_per_list=4), search_threads=1),
 }
 
 

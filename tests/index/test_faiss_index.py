@@ -1,20 +1,31 @@
-"""What every CPU index type does alike: the flat index's behaviour, which HNSW keeps (as tombstones)."""
+"""What every CPU index type does alike: the flat index's behaviour, which HNSW keeps (as tombstones) and
+IVF keeps both before training (exact) and after (native removal)."""
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import pytest
 
-from service.index import FaissFlatIndex, FaissHnswIndex, VectorIndex
+from service.index import FaissFlatIndex, FaissHnswIndex, FaissIvfIndex, IvfParams, VectorIndex
 from service.pipeline.embed import l2_normalize
 
 NewIndex = Callable[..., VectorIndex]
 
 
-@pytest.fixture(params=["flat", "hnsw"])
+NEW_INDEX: dict[str, NewIndex] = {
+    "flat": FaissFlatIndex,
+    "hnsw": FaissHnswIndex,
+    "ivf_untrained": FaissIvfIndex,  # default parameters: exact until 39,936 faces
+    # Trained from the second face on; every cell probed, so searches are exact and comparable.
+    "ivf_trained": partial(FaissIvfIndex, params=IvfParams(nlist=2, nprobe=2, min_per_list=1)),
+}
+
+
+@pytest.fixture(params=NEW_INDEX)
 def new_index(request: pytest.FixtureRequest) -> NewIndex:
     """Makes an index of the type under test: `new_index(dim, search_threads=...)`."""
-    return {"flat": FaissFlatIndex, "hnsw": FaissHnswIndex}[request.param]  # type: ignore[return-value]
+    return NEW_INDEX[request.param]
 
 
 def _vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:

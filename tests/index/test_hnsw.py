@@ -70,6 +70,7 @@ def test_past_the_tombstone_fraction_the_graph_is_rebuilt_from_the_live_vectors(
     gallery = _vectors(6000)
     index.add(np.arange(6000), gallery)
     index.remove(np.arange(0, 3000, 2))  # 1500 of 6000: past 20 % (and past SlotIndex's minimum of 1024)
+    assert index.join_compaction(timeout=60)  # rebuilt aside, on a background thread
     assert index.compactions == 1 and index.tombstones == 0 and len(index) == 4500
     assert index.ids().tolist() == sorted(set(range(6000)) - set(range(0, 3000, 2)))
     found = index.search(gallery[1:3000:2], 1)  # kept vectors still find themselves after the rebuild
@@ -91,6 +92,7 @@ def test_random_adds_and_removes_match_the_flat_index_on_a_small_gallery() -> No
                 target.add(ids, vectors)
         assert index.ids().tolist() == exact.ids().tolist()
         assert_same(index, exact, _vectors(6, seed=500 + step), 8, score_tolerance=1e-5)
+    assert index.join_compaction(timeout=60)
     assert index.compactions > 0
 
 
@@ -133,8 +135,8 @@ def test_hnsw_with_device_auto_runs_on_the_cpu() -> None:
 
 
 def test_an_unknown_index_type_is_refused() -> None:
-    with pytest.raises(IndexTypeUnavailable, match="flat or hnsw"):
-        make_index(DIM, index_type="ivf")  # type: ignore[arg-type]
+    with pytest.raises(IndexTypeUnavailable, match="flat, hnsw or ivf"):
+        make_index(DIM, index_type="annoy")  # type: ignore[arg-type]
 
 
 def test_serve_refuses_hnsw_on_cuda_in_one_line_before_starting(
