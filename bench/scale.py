@@ -37,7 +37,15 @@ import numpy as np
 from bench.context import Context
 from bench.report import Comparison, Figure
 from bench.timing import ms, p50
-from service.index import FaissFlatIndex, FaissHnswIndex, FaissIvfIndex, HnswParams, IvfParams, VectorIndex
+from service.index import (
+    FaissFlatIndex,
+    FaissHnswIndex,
+    FaissIvfIndex,
+    HnswParams,
+    IvfParams,
+    SearchResult,
+    VectorIndex,
+)
 
 DIM = 128  # mobilefacenet (the default embedder); edgeface is 512-d: 4× the memory and scan time
 K = 10
@@ -188,7 +196,7 @@ class Store:
     """One store to measure: how to make it empty, the search-time settings to sweep, up to which size."""
 
     name: str
-    make: Callable[[int], VectorIndex]  # gallery size -> an empty store
+    make: Callable[[int, np.ndarray], VectorIndex]  # (gallery size, identity of each key) -> an empty store
     settings: Sequence[tuple[str, Callable[[VectorIndex], None]]]  # (label, apply it before searching)
     max_size: int
     skipped_because: str = ""
@@ -210,22 +218,84 @@ def _nprobe(nprobe: int) -> tuple[str, Callable[[VectorIndex], None]]:
     return f"nprobe={nprobe}", apply
 
 
-def _ivf(nlist_for: Callable[[int], int]) -> Callable[[int], VectorIndex]:
-    return lambda n: FaissIvfIndex(DIM, params=IvfParams(nlist=nlist_for(n)), search_threads=1)
+def _ivf(nlist_for: Callable[[int], int]) -> Callable[[int, np.ndarray], VectorIndex]:
+    return lambda n, _: FaissIvfIndex(DIM, params=IvfParams(nlist=nlist_for(n)), search_threads=1)
 
 
-# Milvus-lite belongs in this list (a Store whose `make` returns the vector-store seam's Milvus store):
-# the lead adds it after merging the Milvus branch.
+class MilvusLiteFaces:
+    """The service's Milvus store (service/index/milvus.py) in an embedded milvus-lite, seen through the
+    `VectorIndex` calls this section makes. Searches are the service's: the engine's grouping search for the
+    K best identities; each comes back as one face key of that identity (its first), so the identity
+    ranking is compared with exact search's like every other store's."""
+
+    def __init__(self, identity: np.ndarray) -> None:
+        import tempfile
+        import uuid
+
+        from service.index.milvus import MilvusStore
+
+        self._uuid = uuid.UUID
+        self._folder = tempfile.TemporaryDirectory(prefix="facebank-scale-milvus-")
+        self.store = MilvusStore.connect(
+            str(Path(self._folder.name) / "scale.db"), model_tag="scale@1", dim=DIM, timeout_s=3600.0
+        )
+        self.dim = DIM
+        self._identity = identity
+        distinct, first = np.unique(identity, return_index=True)
+        self._first_key = dict(zip(distinct.tolist(), first.tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return self.store.count()
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        owners = [self._uuid(int=int(self._identity[key]) + 1) for key in ids.tolist()]
+        self.store.upsert(ids, owners, vectors)
+        self.store.flush()  # milvus-lite searches unsealed rows without an index (service/index/milvus.py)
+
+    def remove(self, ids: np.ndarray) -> int:
+        self.store.delete(ids.tolist())
+        return len(ids)
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        ranked = self.store.search_identities(queries, min(k, K))
+        ids = np.full((len(ranked), k), -1, np.int64)
+        scores = np.zeros((len(ranked), k), np.float32)
+        for row, people in enumerate(ranked):
+            for col, (person, score) in enumerate(people):
+                ids[row, col] = self._first_key[person.int - 1]
+                scores[row, col] = score
+        return SearchResult(scores=scores, ids=ids)
+
+    def ids(self) -> np.ndarray:
+        return self.store.keys()
+
+    def reset(self) -> None:
+        raise NotImplementedError("the bench makes a new store per gallery")
+
+    def __del__(self) -> None:
+        self.store.close()
+        self._folder.cleanup()
+
+
 STORES: list[Store] = [
-    Store("flat", lambda n: FaissFlatIndex(DIM, search_threads=1), [("exact", lambda _: None)], 10**10),
+    Store("flat", lambda n, _: FaissFlatIndex(DIM, search_threads=1), [("exact", lambda _: None)], 10**10),
     Store("ivf1024", _ivf(lambda n: 1024), [_nprobe(p) for p in (16, 32, 64, 128)], 1_000_000),
     Store("ivf4096", _ivf(lambda n: 4096), [_nprobe(p) for p in (32, 64, 128, 256, 512)], 10**10),
     Store(
         "hnsw",
-        lambda n: FaissHnswIndex(DIM, params=HnswParams(), search_threads=1),
+        lambda n, _: FaissHnswIndex(DIM, params=HnswParams(), search_threads=1),
         [_ef(ef) for ef in (64, 128, 256, 512, 1024, 2048)],
         1_000_000,
         "HNSW at 10M would take about 1.5 h to build on these 2 cores (10× the 1M build): not run",
+    ),
+    # FLAT: milvus-lite is a development engine (docs/deployment.md); a Milvus server's indexes are what
+    # the sizing section of docs/deployment.md covers.
+    Store(
+        "milvus-lite",
+        lambda n, identity: MilvusLiteFaces(identity),
+        [("FLAT, grouping search", lambda _: None)],
+        1_000_000,
+        "milvus-lite is a single-process development engine; 10M is a Milvus server's size",
     ),
 ]
 
@@ -239,8 +309,20 @@ UNIFORM_SKIPS = {
 
 
 def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+    """Resident memory of this process and its children (milvus-lite's engine runs in a child)."""
+    me = os.getpid()
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if int(entry.name) == me or parent == me:
+                total += int((entry / "statm").read_text().split()[1]) * 4096
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+    return total
 
 
 def _build(index: VectorIndex, vectors: np.ndarray) -> tuple[float, int]:
@@ -370,7 +452,7 @@ def _measure(ctx: Context, gallery: Gallery, stores: Sequence[Store]) -> None:
             continue
         ctx.log(f"scale {gallery.kind} {size}: {store.name} build")
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # builds use every core
-        index = store.make(n)
+        index = store.make(n, gallery.identity)
         build_s, grown = _build(index, gallery.vectors)
         faiss.omp_set_num_threads(1)  # searches: one thread each, as the service's request pool
         mib = grown / n * 1_000_000 / 2**20

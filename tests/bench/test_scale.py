@@ -60,3 +60,34 @@ def test_the_ann_target_takes_the_best_recall_within_the_latency() -> None:
     assert target.status == "miss" and "efSearch512" in target.measured  # 2048 is too slow, flat excluded
     assert _ann_within(report, "t", "1m", 8, 0.99).status == "pass"
     assert _ann_within(report, "t", "10m", 10, 0.98).status == "not measured"
+
+
+def test_the_milvus_row_ranks_the_same_identities_as_exact_search() -> None:
+    """The milvus-lite row measures the service's store (grouping search) through the section's calls: on a
+    small gallery it must find exact search's identities, and removed faces must leave its answers."""
+    from tests._milvus import require_pymilvus
+
+    require_pymilvus()
+    from bench.scale import DEPTH, K, MilvusLiteFaces
+    from service.index import FaissFlatIndex
+
+    rng = np.random.default_rng(5)
+    identity = np.repeat(np.arange(300), 4)
+    vectors = rng.standard_normal((len(identity), 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[::40] + 0.05 * rng.standard_normal((30, 128)).astype(np.float32)
+    keys = np.arange(len(identity), dtype=np.int64)
+    exact = FaissFlatIndex(128)
+    exact.add(keys, vectors)
+    milvus = MilvusLiteFaces(identity)
+    milvus.add(keys, vectors)
+    assert len(milvus) == len(identity)
+    got = milvus.search(queries, DEPTH)
+    assert identity_recall(got.ids, exact.search(queries, DEPTH).ids, identity) == 1.0
+    assert (got.ids[:, K:] == -1).all()  # one face per identity, K identities
+    gone = np.flatnonzero(identity == identity[got.ids[0, 0]])  # every face of the first query's best person
+    milvus.remove(gone)
+    exact.remove(gone)
+    after = milvus.search(queries[:1], DEPTH)
+    assert identity[got.ids[0, 0]] not in {int(identity[key]) for key in after.ids[0] if key >= 0}
+    assert identity_recall(after.ids, exact.search(queries[:1], DEPTH).ids, identity) == 1.0
