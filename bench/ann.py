@@ -27,8 +27,9 @@ import numpy as np
 
 from bench.context import Context
 from bench.report import Comparison, Figure
-from bench.timing import ms, p50
-from service.index import FaissFlatIndex, FaissHnswIndex, HnswParams, SearchResult, SlotIndex, VectorIndex
+from bench.timing import BUILD_CHUNK as CHUNK
+from bench.timing import ms, p50, timed_build
+from service.index import FaissFlatIndex, FaissHnswIndex, HnswParams, SearchResult, SlotIndex
 
 DIM = 128
 K = 10
@@ -36,7 +37,6 @@ FACES_PER_IDENTITY = 4
 IDENTITY_DEPTH = K * FACES_PER_IDENTITY
 NOISE_NORM = 0.6
 QUERIES = 200
-CHUNK = 262_144
 EF_SWEEP = (64, 128, 200, 400, 800, 1600)
 
 
@@ -64,26 +64,6 @@ def random_chunks(n: int, *, seed: int = 1) -> Iterator[np.ndarray]:
     rng = np.random.default_rng(seed)
     for start in range(0, n, CHUNK):
         yield _unit(rng.standard_normal((min(CHUNK, n - start), DIM), dtype=np.float32))
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
-
-def _build(index: VectorIndex, gallery: np.ndarray) -> tuple[float, int]:
-    """(seconds, RSS growth in bytes) to add the gallery in chunks, as a rebuild from SQL adds them.
-
-    The gallery is generated beforehand, so the growth is the index's own memory.
-    """
-    gc.collect()
-    before, took = _rss_bytes(), 0.0
-    for start in range(0, len(gallery), CHUNK):
-        block = gallery[start : start + CHUNK]
-        t = time.perf_counter()
-        index.add(np.arange(start, start + len(block), dtype=np.int64), block)
-        took += time.perf_counter() - t
-    return took, _rss_bytes() - before
 
 
 def _collect(chunks: Iterator[np.ndarray], n: int) -> np.ndarray:
@@ -184,11 +164,11 @@ def run(ctx: Context) -> None:
         ctx.log(f"ann {name}: flat build")
         flat = FaissFlatIndex(DIM, search_threads=1)
         gallery = _collect(identity_chunks(n), n)
-        flat_s, flat_rss = _build(flat, gallery)
+        flat_s, flat_rss = timed_build(flat, gallery)
         ctx.log(f"ann {name}: hnsw build (M={params.m}, efConstruction={params.ef_construction})")
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # builds use every core
         hnsw = FaissHnswIndex(DIM, params=params, search_threads=1)
-        hnsw_s, hnsw_rss = _build(hnsw, gallery)
+        hnsw_s, hnsw_rss = timed_build(hnsw, gallery)
         del gallery
         faiss.omp_set_num_threads(1)
         queries = _queries(n)
@@ -337,10 +317,10 @@ def _random_case(ctx: Context, name: str, n: int, params: HnswParams) -> None:
 
     flat = FaissFlatIndex(DIM, search_threads=1)
     gallery = _collect(random_chunks(n), n)
-    _build(flat, gallery)
+    timed_build(flat, gallery)
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     hnsw = FaissHnswIndex(DIM, params=params, search_threads=1)
-    _build(hnsw, gallery)
+    timed_build(hnsw, gallery)
     faiss.omp_set_num_threads(1)
     queries = _unit(np.random.default_rng(9).standard_normal((QUERIES, DIM), dtype=np.float32))
     exact = flat.search(queries, K).ids

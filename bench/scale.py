@@ -36,7 +36,8 @@ import numpy as np
 
 from bench.context import Context
 from bench.report import Comparison, Figure
-from bench.timing import ms, p50
+from bench.timing import BUILD_CHUNK as CHUNK
+from bench.timing import ms, p50, timed_build
 from service.index import (
     FaissFlatIndex,
     FaissHnswIndex,
@@ -55,7 +56,6 @@ QUERIES = 200
 LFW_QUERIES = 500
 CLIENTS = 8
 QPS_SECONDS = 5.0
-CHUNK = 262_144
 REMOVED = 1000
 
 
@@ -308,35 +308,6 @@ UNIFORM_SKIPS = {
 # --- measuring -------------------------------------------------------------------------------------------
 
 
-def _rss_bytes() -> int:
-    """Resident memory of this process and its children (milvus-lite's engine runs in a child)."""
-    me = os.getpid()
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if int(entry.name) == me or parent == me:
-                total += int((entry / "statm").read_text().split()[1]) * 4096
-        except (OSError, ValueError, IndexError):
-            continue  # a process that ended meanwhile
-    return total
-
-
-def _build(index: VectorIndex, vectors: np.ndarray) -> tuple[float, int]:
-    """(seconds, RSS growth) to add `vectors` under keys 0..n-1 in chunks, as a rebuild from SQL does."""
-    gc.collect()
-    before, took = _rss_bytes(), 0.0
-    for start in range(0, len(vectors), CHUNK):
-        block = vectors[start : start + CHUNK]
-        t = time.perf_counter()
-        index.add(np.arange(start, start + len(block), dtype=np.int64), block)
-        took += time.perf_counter() - t
-    return took, _rss_bytes() - before
-
-
 def _one_query_p50(index: VectorIndex, queries: np.ndarray) -> float:
     for q in queries[:5]:
         index.search(q[None, :], K)
@@ -453,7 +424,7 @@ def _measure(ctx: Context, gallery: Gallery, stores: Sequence[Store]) -> None:
         ctx.log(f"scale {gallery.kind} {size}: {store.name} build")
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # builds use every core
         index = store.make(n, gallery.identity)
-        build_s, grown = _build(index, gallery.vectors)
+        build_s, grown = timed_build(index, gallery.vectors)
         faiss.omp_set_num_threads(1)  # searches: one thread each, as the service's request pool
         mib = grown / n * 1_000_000 / 2**20
         if store.name == "flat":

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.index import VectorIndex
 
 
 def samples(
@@ -46,3 +51,41 @@ def p50(values: Sequence[float]) -> float:
 
 def ms(seconds: float) -> float:
     return seconds * 1000.0
+
+
+# Gallery vectors added per call when building an index, as a rebuild from SQL adds them.
+BUILD_CHUNK = 262_144
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process and its children (milvus-lite's engine runs in a child)."""
+    me = os.getpid()
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            parent = int(stat.rsplit(")", 1)[1].split()[1])
+            if int(entry.name) == me or parent == me:
+                total += int((entry / "statm").read_text().split()[1]) * 4096
+        except (OSError, ValueError, IndexError):
+            continue  # a process that ended meanwhile
+    return total
+
+
+def timed_build(index: VectorIndex, vectors: np.ndarray) -> tuple[float, int]:
+    """(seconds, RSS growth in bytes) to add `vectors` under keys 0..n-1 in chunks of `BUILD_CHUNK`.
+
+    The vectors exist beforehand, so the growth is the index's own memory.
+    """
+    import gc
+
+    gc.collect()
+    before, took = rss_bytes(), 0.0
+    for start in range(0, len(vectors), BUILD_CHUNK):
+        block = vectors[start : start + BUILD_CHUNK]
+        t = time.perf_counter()
+        index.add(np.arange(start, start + len(block), dtype=np.int64), block)
+        took += time.perf_counter() - t
+    return took, rss_bytes() - before

@@ -126,9 +126,7 @@ class FaissFlatIndex:
         # FAISS CPU indexes allow concurrent searches but nothing concurrent with add/remove/reset
         # (github.com/facebookresearch/faiss/wiki/Threads-and-asynchronous-calls, "Thread safety").
         self._lock = ReadWriteLock()
-        # No id above this is present (None: empty), so adding larger ids needs no removal first.
-        # Database keys grow, so a rebuild and every new enrollment skip `remove_ids`, which scans the
-        # whole index (it made a 1M-face rebuild's adds take twice the stock `add_with_ids`).
+        # The largest id present (see add_replacing: a 1M-face rebuild's adds took twice as long without it).
         self._max_id: int | None = None
 
     def __len__(self) -> int:
@@ -140,11 +138,7 @@ class FaissFlatIndex:
             return
         ids, vectors = batch
         with self._lock.writing():
-            if self._max_id is not None and int(ids.min()) <= self._max_id:
-                self._index.remove_ids(faiss.IDSelectorBatch(ids))
-            self._index.add_with_ids(vectors, ids)
-            top = int(ids.max())
-            self._max_id = top if self._max_id is None else max(self._max_id, top)
+            self._max_id = add_replacing(self._index, ids, vectors, self._max_id)
 
     def remove(self, ids: np.ndarray) -> int:
         ids = as_ids(ids)
@@ -175,3 +169,16 @@ class FaissFlatIndex:
         with self._lock.writing():
             self._index.reset()
             self._max_id = None
+
+
+def add_replacing(index: faiss.Index, ids: np.ndarray, vectors: np.ndarray, max_id: int | None) -> int:
+    """`add_with_ids`, an id already present replaced; returns the new largest id.
+
+    No id above `max_id` is present (None: empty), so a batch of larger ids skips `remove_ids`, which scans
+    the whole index: database keys grow, so a rebuild and every new enrollment skip it.
+    """
+    if max_id is not None and int(ids.min()) <= max_id:
+        index.remove_ids(faiss.IDSelectorBatch(ids))
+    index.add_with_ids(vectors, ids)
+    top = int(ids.max())
+    return top if max_id is None else max(max_id, top)

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from service.index.base import SearchResult
-from service.index.faiss_index import FaissFlatIndex, as_ids, as_vectors, checked_batch
+from service.index.faiss_index import FaissFlatIndex, add_replacing, as_ids, as_vectors, checked_batch
 from service.index.rwlock import ReadWriteLock
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,7 @@ class FaissIvfIndex:
                 if len(self._exact) >= self.params.train_at:
                     self._train_from_exact()
                 return
-            if self._max_id is not None and int(ids.min()) <= self._max_id:
-                self._ivf.remove_ids(faiss.IDSelectorBatch(ids))
-            self._ivf.add_with_ids(vectors, ids)
-            top = int(ids.max())
-            self._max_id = top if self._max_id is None else max(self._max_id, top)
+            self._max_id = add_replacing(self._ivf, ids, vectors, self._max_id)
 
     def remove(self, ids: np.ndarray) -> int:
         ids = as_ids(ids)
