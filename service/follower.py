@@ -183,8 +183,10 @@ class ChangeFollower:
                 if not batch:
                     self._at_head_since = started
                     return applied
-                self._apply(batch, vectors)
+                switch_pending = self._apply(batch, vectors)
                 applied += len(batch)
+                if switch_pending:
+                    return applied
 
     def after_write(self) -> None:
         """`catch_up` for a request that has just committed: its change is in SQL whatever happens here, so a
@@ -201,15 +203,17 @@ class ChangeFollower:
         except Exception as exc:  # the write is committed; failing its answer would invite a retry
             log.warning("could not apply this process's own write at once: %s", _describe(exc))
 
-    def _apply(self, batch: Sequence[Change], vectors: dict[int, tuple[Any, Any]]) -> None:
+    def _apply(self, batch: Sequence[Change], vectors: dict[int, tuple[Any, Any]]) -> bool:
         """Apply one batch; the position moves only once all of its writes reached the store (a store that
-        failed midway gets the batch again: applying is idempotent)."""
+        failed midway gets the batch again: applying is idempotent). True when a switch of embedder has to
+        wait: the position stays before it, so the next round tries again."""
         gallery = self.gallery
-        position, switch_to = self.position, None
+        position, switch_to, before_switch = self.position, None, self.position
         with gallery.writing():
             for change in batch:
                 if change.kind == changes.EMBEDDER_SWITCHED:
                     if change.model != gallery.model_tag:
+                        before_switch = position
                         position, switch_to = change.id, change.model or ""
                         break  # a new gallery is rebuilt from SQL: what follows is in it already
                 elif change.kind not in changes.KINDS:
@@ -227,25 +231,35 @@ class ChangeFollower:
                 position = change.id
         self.position = position
         gallery.mark_applied(position)
-        if switch_to is not None:
-            self._switch(switch_to)
+        if switch_to is not None and not self._switch(switch_to):
+            self.position = before_switch
+            return True
+        return False
 
-    def _switch(self, tag: str) -> None:
+    def _switch(self, tag: str) -> bool:
+        """Follow the active embedder to `tag`; False when it has to be tried again: the shared store is
+        away, or its writer has not filled the new model's collection yet (a reader must not serve a
+        collection still being filled). Meanwhile this process serves its current model."""
         if self.on_switch is None:
             self.switch_problem = f"the active embedder is now {tag}; this process cannot switch: restart it"
-            return
+            return True
         with self._sessions() as session:
             head = changes.head(session)  # read before the new index's rebuild: what follows is applied again
         try:
             self.gallery = self.on_switch(tag)
+        except VectorStoreUnavailable as exc:
+            self.switch_problem = f"switching to the active embedder {tag} waits for the vector store: {exc}"
+            log.warning("%s", self.switch_problem)
+            return False
         except Exception as exc:  # reported on /readyz; this process keeps serving its current model
             self.switch_problem = f"cannot switch to the active embedder {tag}: {exc}"
             log.error("%s", self.switch_problem)
-            return
+            return True
         self.switch_problem = None
         self.position = max(self.position, head)
         self.gallery.mark_applied(self.position)
         log.info("switched to the active embedder %s", tag)
+        return True
 
     def audit(self, attempts: int = 3) -> IndexAudit:
         """The index against SQL at one position: caught up, then compared; again when another process

@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from service.gallery import IndexAudit, name_matches
-from service.index.milvus import MilvusStore, VectorStoreUnavailable, wait_until
+from service.index.milvus import MilvusStore, VectorStoreBehind, VectorStoreUnavailable, wait_until
 from service.schemas import Match
 from service.storage import changes
 from service.storage import repository as repo
@@ -100,13 +100,17 @@ class MilvusGallery:
 
     def rebuild(self) -> int:
         """Writer: re-sync the collection from SQL (upsert every face, delete what SQL lacks) without emptying
-        it first, so readers keep answering. Reader: wait (bounded) for the writer to reach the log's head.
-        Returns the number of faces."""
+        it first, so readers keep answering. Reader: wait (bounded) for the writer to reach the log's head,
+        VectorStoreBehind when it does not (e.g. still filling a new model's collection). Returns the number
+        of faces."""
         if not self.writer:
             with self._sessions() as session:
                 head = changes.head(session)
             if not self.wait_applied(head):
-                log.warning("Milvus collection %s is not yet at log position %d", self.store.name, head)
+                raise VectorStoreBehind(
+                    f"the writer has not brought Milvus collection {self.store.name} to change log position "
+                    f"{head} within {self._wait_s:g} s"
+                )
             return self.face_count()
         loaded: list[np.ndarray] = []
         with self._write_lock, self._sessions() as session:

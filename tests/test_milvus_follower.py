@@ -223,3 +223,36 @@ def test_a_switch_of_embedder_fills_the_new_models_collection_from_sql_and_keeps
 def _rebuilt(gallery: SearchGallery) -> SearchGallery:
     gallery.rebuild()
     return gallery
+
+
+def test_a_reader_keeps_its_model_until_the_writer_has_filled_the_new_collection(
+    engine: Engine, settings: Settings, replicas: list[Replica]
+) -> None:
+    """A reader that switched to a collection still being filled would miss people: it waits for the writer,
+    keeps serving its current model meanwhile (saying why), and switches once the writer is done."""
+    replicas.append(Replica(engine, settings))
+    replicas.append(Replica(engine, settings))
+    writer, reader = replicas
+    assert writer.follower.is_writer and not reader.follower.is_writer
+    person = new_person(writer.sessions)
+    store_face(writer.sessions, person, 1)
+    store_face(writer.sessions, person, 2, model="next@2")
+    impatient = settings.model_copy(update={"milvus_applied_wait_s": 0.3})
+    reader.follower.on_switch = lambda tag: _rebuilt(gallery_for(impatient, reader.sessions, tag, DIM))
+    writer.follower.on_switch = lambda tag: _rebuilt(
+        gallery_for(settings, writer.sessions, tag, DIM, writer=True)
+    )
+    with writer.sessions() as session:
+        service_settings.set_active_embedder(session, tag="next@2")
+        session.commit()
+
+    reader.follower.catch_up()  # the writer has not switched yet
+    assert reader.follower.gallery.model_tag == MODEL
+    assert "waits for the vector store" in (reader.follower.switch_problem or "")
+
+    writer.follower.catch_up()  # fills next@2's collection and records the position
+    assert writer.follower.gallery.model_tag == "next@2"
+    reader.follower.catch_up()
+    assert reader.follower.gallery.model_tag == "next@2" and reader.follower.switch_problem is None
+    (match,) = reader.follower.gallery.identify(unit(2)[None, :], 1)[0]
+    assert match.identity_id == person and match.score == pytest.approx(1.0, abs=1e-5)

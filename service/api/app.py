@@ -102,8 +102,9 @@ def build_state(settings: Settings, models: LoadedModels | None = None) -> AppSt
 
 def _switch_embedder(state: AppState, tag: str) -> SearchGallery:
     """After `facebank models use`: load `tag`'s models, rebuild its index from SQL (Milvus: its writer fills
-    the new model's collection, readers wait for it), then serve with them. Raises (and nothing changes)
-    when this host cannot, e.g. the model is not prepared in its model folder."""
+    the new model's collection; a reader waits for that, and the follower tries again later when it was not
+    filled in time), then serve with them. Raises (and nothing changes) when this host cannot, e.g. the
+    model is not prepared in its model folder."""
     settings = state.settings.model_copy(update={"embedder": available_name(state.settings, tag)})
     pipeline, models = build_pipeline(settings)
     dim, writer = models.embedder_config.dim, state.follower.is_writer

@@ -64,6 +64,10 @@ class VectorStoreUnavailable(RuntimeError):
     """The vector store cannot be reached or failed a request (answered 503 vector_store_unavailable)."""
 
 
+class VectorStoreBehind(VectorStoreUnavailable):
+    """A reader waited in vain for the writer to bring the collection up to a log position."""
+
+
 class VectorStoreRefused(ValueError):
     """The configured store cannot serve: wrong URI or credentials, or a collection of another shape."""
 
