@@ -13,6 +13,12 @@ class SearchResult:
     scores: np.ndarray  # (queries, k) float32 cosine similarity, best first
     ids: np.ndarray  # (queries, k) int64 face keys; -1 where fewer than k vectors exist
 
+    @classmethod
+    def empty(cls, queries: int, k: int) -> SearchResult:
+        """What an empty index answers: no keys, scores below any match."""
+        shape = (queries, k)
+        return cls(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
+
 
 class VectorIndex(Protocol):
     dim: int

@@ -156,8 +156,7 @@ class FaissFlatIndex:
             raise ValueError("k must be at least 1")
         with self._lock.reading():
             if len(queries) == 0 or self._index.ntotal == 0:
-                shape = (len(queries), k)
-                return SearchResult(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
+                return SearchResult.empty(len(queries), k)
             scores, ids = search_flat(self._index, queries, k)
         return SearchResult(scores=scores, ids=ids)
 

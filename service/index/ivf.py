@@ -108,8 +108,7 @@ class FaissIvfIndex:
                 assert self._exact is not None
                 return self._exact.search(queries, k)
             if len(queries) == 0 or self._ivf.ntotal == 0:
-                shape = (len(queries), k)
-                return SearchResult(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
+                return SearchResult.empty(len(queries), k)
             # Per call, not on the index: concurrent searches must not share a mutable setting.
             params = faiss.SearchParametersIVF()  # type: ignore[attr-defined]  # missing from faiss's stubs
             params.nprobe = min(self.params.nprobe, self.params.nlist)

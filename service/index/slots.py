@@ -189,12 +189,11 @@ class SlotIndex:
         queries = as_vectors(queries, self.dim)
         if k < 1:
             raise ValueError("k must be at least 1")
-        shape = (len(queries), k)
         while True:
             with self._lock.reading():
                 self._check_usable()
                 if len(queries) == 0 or not self._slot_of:
-                    return SearchResult(np.full(shape, -np.inf, np.float32), np.full(shape, -1, np.int64))
+                    return SearchResult.empty(len(queries), k)
                 result = self._search_live(queries, k)
             if result is not None:
                 return result
