@@ -50,6 +50,20 @@ class IndexAudit:
     def in_step(self) -> bool:
         return self.missing_from_index == 0 and self.stale_in_index == 0
 
+    @classmethod
+    def of(cls, sql_keys: np.ndarray, index_keys: np.ndarray, stale: np.ndarray) -> IndexAudit:
+        """The audit of a store holding `index_keys` (distinct) against SQL's `sql_keys` (distinct), given
+        the keys it holds wrongly (`stale`: each store knows its own ways of going stale)."""
+        missing = np.setdiff1d(sql_keys, index_keys, assume_unique=True)
+        return cls(
+            sql_faces=len(sql_keys),
+            index_faces=len(index_keys),
+            missing_from_index=len(missing),
+            stale_in_index=len(stale),
+            missing_keys=missing[:10].tolist(),
+            stale_keys=stale[:10].tolist(),
+        )
+
 
 class SearchGallery(Protocol):
     """What the change-log follower and the API need of a store of one embedder's faces."""
@@ -283,7 +297,6 @@ class Gallery:
             with self._lock:
                 owned = np.fromiter(self._owner, dtype=np.int64, count=len(self._owner))
             owned_keys = _sorted_distinct(owned)
-        missing = np.setdiff1d(sql_keys, index_keys, assume_unique=True)
         # A key in the index that SQL lacks, or one the owner map forgot, is stale either way.
         stale = _sorted_distinct(
             np.concatenate(
@@ -293,14 +306,7 @@ class Gallery:
                 ]
             )
         )
-        return IndexAudit(
-            sql_faces=len(sql_keys),
-            index_faces=len(index_keys),
-            missing_from_index=len(missing),
-            stale_in_index=len(stale),
-            missing_keys=missing[:10].tolist(),
-            stale_keys=stale[:10].tolist(),
-        )
+        return IndexAudit.of(sql_keys, index_keys, stale)
 
     def _sql_keys(self, session: Session) -> np.ndarray:
         """Sorted face keys of this gallery's model in SQL."""

@@ -171,13 +171,4 @@ class MilvusGallery:
             with self._sessions() as session:
                 sql_keys = np.asarray(repo.face_keys_of_model(session, model=self.model_tag), np.int64)
             store_keys = self.store.keys()
-        missing = np.setdiff1d(sql_keys, store_keys, assume_unique=True)
-        stale = np.setdiff1d(store_keys, sql_keys, assume_unique=True)
-        return IndexAudit(
-            sql_faces=len(sql_keys),
-            index_faces=len(store_keys),
-            missing_from_index=len(missing),
-            stale_in_index=len(stale),
-            missing_keys=missing[:10].tolist(),
-            stale_keys=stale[:10].tolist(),
-        )
+        return IndexAudit.of(sql_keys, store_keys, np.setdiff1d(store_keys, sql_keys, assume_unique=True))
