@@ -41,6 +41,7 @@ from models.evaluation.folders import inside_lfw
 from models.evaluation.openset import threshold_at_fpir
 from models.evaluation.paired import PairedComparison, RateSpread, bootstrap_rate, paired_comparison
 from models.evaluation.protocol import calibrate_threshold
+from models.evaluation.run_openset import identity_folds
 from service.config import Settings
 from service.pipeline import l2_normalize
 from service.pipeline.embed import Embedder
@@ -138,10 +139,9 @@ def closed_set(embeddings: np.ndarray, ids: np.ndarray, enrolled: np.ndarray, ru
 
 
 def fold_of(ids: np.ndarray, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
-    names, index = np.unique(ids, return_inverse=True)
-    fold = np.empty(len(names), int)
-    fold[np.random.default_rng(seed).permutation(len(names))] = np.arange(len(names)) % folds
-    return fold[index]
+    """Each row's fold: its identity's among `eval openset`'s identity-disjoint folds (same seed)."""
+    number = {name: f for f, fold in enumerate(identity_folds(ids.tolist(), folds, seed)) for name in fold}
+    return np.array([number[name] for name in ids.tolist()])
 
 
 def open_set(

@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from service.runtime.manifest import PROJECT_MANIFEST, ModelEntry, Preprocess, load_manifest
 
@@ -132,7 +132,7 @@ BASES: dict[str, Base] = {
         split=_split_edgeface,
     ),
 }
-BASE_NAMES: tuple[BaseName, ...] = ("mobilefacenet", "edgeface-xs")
+BASE_NAMES: tuple[BaseName, ...] = get_args(BaseName)
 
 
 def get_base(name: str) -> Base:
