@@ -107,7 +107,8 @@ def vector_store_refusal(settings: Settings, model_tag: str, dim: int) -> str | 
     from service.index.milvus import MilvusStore, MilvusTarget, VectorStoreRefused
 
     try:
-        MilvusStore.open(MilvusTarget.of(settings), model_tag=model_tag, dim=dim)
+        store = MilvusStore.open(MilvusTarget.of(settings), model_tag=model_tag, dim=dim)
     except VectorStoreRefused as exc:
         return str(exc)
+    store.close()  # the server opens its own once it starts
     return None
