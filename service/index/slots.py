@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from typing import Protocol
 
@@ -237,21 +237,11 @@ class SlotIndex:
         if self.tombstones == 0:
             return
         total = self._storage.ntotal
+        snapshot = self._slot_ids[:total].copy()
         fresh = self._new_storage()
-        for start in range(0, total, self._chunk):
-            count = min(self._chunk, total - start)
-            live = self._slot_ids[start : start + count] >= 0
-            if live.any():
-                fresh.append(np.ascontiguousarray(self._storage.take(start, count)[live]))
-        live_ids = self._slot_ids[:total][self._slot_ids[:total] >= 0]
-        self._storage.clear()
-        self._storage = fresh
-        self._slot_ids = live_ids.copy()
-        self._slot_of = dict(zip(live_ids.tolist(), range(len(live_ids)), strict=True))
-        self.compactions += 1
-        self.writes += 1
-        self._generation += 1
-        log.debug("index compacted: %d vectors kept of %d", len(live_ids), total)
+        for start, count, live in _live_chunks(snapshot, self._chunk):
+            fresh.append(np.ascontiguousarray(self._storage.take(start, count)[live]))
+        self._swap_in(fresh, total, snapshot)
 
     def _start_compaction_aside(self) -> None:
         """Under the write side: snapshot the slot table and build the fresh storage on a thread."""
@@ -271,11 +261,7 @@ class SlotIndex:
         """The background half: copy the snapshot's live vectors out, then swap (or drop it if stale)."""
         try:
             fresh = self._new_storage()
-            for start in range(0, total, self._chunk):
-                count = min(self._chunk, total - start)
-                live = snapshot[start : start + count] >= 0
-                if not live.any():
-                    continue
+            for start, count, live in _live_chunks(snapshot, self._chunk):
                 with self._lock.reading():
                     if self._generation != generation or self._broken is not None:
                         return
@@ -291,7 +277,8 @@ class SlotIndex:
             log.warning("background index compaction failed; keeping the tombstones", exc_info=True)
 
     def _swap_in(self, fresh: FlatStorage, total: int, snapshot: np.ndarray) -> None:
-        """Under the write side: replay what changed since the snapshot onto `fresh` and make it current.
+        """Under the write side: replay what changed since the snapshot onto `fresh` and make it current
+        (nothing to replay for a compaction in place).
 
         Writes only bury slots or append after the end, so a snapshot-live position now holds the same id
         or a tombstone (removed or replaced meanwhile), and positions past `total` are the appends since.
@@ -310,7 +297,7 @@ class SlotIndex:
         self.compactions += 1
         self.writes += 1
         self._generation += 1
-        log.debug("index compacted aside: %d live of %d stored", len(live), len(kept))
+        log.debug("index compacted: %d live of %d stored", len(live), len(kept))
 
     def _storage_turn(self) -> AbstractContextManager[object]:
         """Around a storage call made on the read side: a turn of its own unless it allows concurrent ones.
@@ -424,3 +411,11 @@ class SlotIndex:
         heap.finalize()
         result, _ = self._to_ids(heap.D, heap.I, k)
         return result
+
+
+def _live_chunks(slot_ids: np.ndarray, chunk: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(start, count, live mask) of each `chunk` of stored positions that holds a live vector."""
+    for start in range(0, len(slot_ids), chunk):
+        live = slot_ids[start : start + chunk] >= 0
+        if live.any():
+            yield start, len(live), live
