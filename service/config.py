@@ -26,6 +26,8 @@ def _user_data_dir() -> Path:
     return Path(base) / "facebank"
 
 
+# How a person enrolled with several faces is scored; the rule itself is service/templates.py.
+IdentityScore = Literal["mean", "best"]
 MilvusIndexType = Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "GPU_CAGRA", "GPU_IVF_FLAT", "AUTOINDEX"]
 
 
@@ -69,6 +71,12 @@ class Settings(BaseSettings):
         le=10_000,
         description="IVF searches exactly until the gallery holds this many faces per cell, then trains "
         "on them.",
+    )
+    identity_score: IdentityScore = Field(
+        default="mean",
+        description="How a person enrolled with several faces is scored: mean = cosine to the normalised "
+        "mean of their faces (fewer strangers taken for them), best = cosine to their closest face "
+        "(service/templates.py).",
     )
     vector_store: Literal["faiss", "milvus"] = Field(
         default="faiss",

@@ -29,9 +29,10 @@ from sqlalchemy.orm import Session
 from service.index import IndexNeedsRebuild, VectorIndex
 from service.schemas import Match
 from service.storage import repository as repo
+from service.templates import candidates_for, rescored
 
 if TYPE_CHECKING:
-    from service.config import Settings
+    from service.config import IdentityScore, Settings
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,16 @@ def gallery_for(
         from service.milvus_gallery import MilvusGallery
 
         store = MilvusStore.open(MilvusTarget.of(settings), model_tag=model_tag, dim=dim)
-        return MilvusGallery(store, sessions, wait_s=settings.milvus_applied_wait_s, writer=writer)
+        return MilvusGallery(
+            store,
+            sessions,
+            wait_s=settings.milvus_applied_wait_s,
+            writer=writer,
+            identity_score=settings.identity_score,
+        )
     from service.index import index_for
 
-    return Gallery(index_for(settings, dim), sessions, model_tag)
+    return Gallery(index_for(settings, dim), sessions, model_tag, identity_score=settings.identity_score)
 
 
 def name_matches(
@@ -134,14 +141,23 @@ def name_matches(
 
 
 class Gallery:
-    """Maps index keys to identities and ranks identities by their best face (one process's FAISS index)."""
+    """Maps index keys to identities and ranks identities (service/templates.py) from one process's FAISS
+    index."""
 
     shared = False
     applies = True
 
-    def __init__(self, index: VectorIndex, session_factory: Callable[[], Session], model_tag: str) -> None:
+    def __init__(
+        self,
+        index: VectorIndex,
+        session_factory: Callable[[], Session],
+        model_tag: str,
+        *,
+        identity_score: IdentityScore = "mean",
+    ) -> None:
         self.index = index
         self.model_tag = model_tag
+        self.identity_score: IdentityScore = identity_score
         self._sessions = session_factory
         self._owner: dict[int, uuid.UUID] = {}
         self._keys_of: dict[uuid.UUID, set[int]] = {}
@@ -222,13 +238,25 @@ class Gallery:
         self.rebuild()
 
     def identify(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
-        """Top-k identities per query, each scored by its best face."""
+        """Top-k identities per query, scored by the gallery's identity score rule."""
         queries = np.asarray(embeddings, np.float32).reshape(-1, self.index.dim)
+        wanted = candidates_for(k, self.identity_score)
         try:
-            ranked = self._rank_identities(queries, k)
+            by_best_face = self._rank_identities(queries, wanted)
         except IndexNeedsRebuild:
             self._rebuild_after_failure()
-            ranked = self._rank_identities(queries, k)
+            by_best_face = self._rank_identities(queries, wanted)
+        with self._lock:
+            several = {i for row in by_best_face for i, _ in row if len(self._keys_of.get(i, ())) > 1}
+        ranked = rescored(
+            self._sessions,
+            self.model_tag,
+            queries,
+            by_best_face,
+            k,
+            self.identity_score,
+            several_faces=several,
+        )
         return name_matches(self._sessions, ranked, k)
 
     def face_count(self) -> int:

@@ -21,11 +21,13 @@ from contextlib import contextmanager
 import numpy as np
 from sqlalchemy.orm import Session
 
+from service.config import IdentityScore
 from service.gallery import IndexAudit, name_matches
 from service.index.milvus import MilvusStore, VectorStoreBehind, VectorStoreUnavailable, wait_until
 from service.schemas import Match
 from service.storage import changes
 from service.storage import repository as repo
+from service.templates import candidates_for, rescored
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,17 @@ class MilvusGallery:
     shared = True
 
     def __init__(
-        self, store: MilvusStore, sessions: Callable[[], Session], *, wait_s: float, writer: bool = False
+        self,
+        store: MilvusStore,
+        sessions: Callable[[], Session],
+        *,
+        wait_s: float,
+        writer: bool = False,
+        identity_score: IdentityScore = "mean",
     ) -> None:
         self.store = store
         self.model_tag = store.model_tag
+        self.identity_score: IdentityScore = identity_score
         self._sessions = sessions
         self._wait_s = wait_s
         # Set by the follower: whether this process holds the writer lock now.
@@ -138,8 +147,12 @@ class MilvusGallery:
     # --- reads ------------------------------------------------------------------------------------------
 
     def identify(self, embeddings: np.ndarray, k: int) -> list[list[Match]]:
-        """Top-k identities per query by Milvus's grouping search; VectorStoreUnavailable when it fails."""
-        return name_matches(self._sessions, self.store.search_identities(embeddings, k), k)
+        """Top-k identities per query: candidates by Milvus's grouping search (best face), ranked by the
+        identity score rule (service/templates.py); VectorStoreUnavailable when Milvus fails."""
+        queries = np.asarray(embeddings, np.float32).reshape(-1, self.store.dim)
+        by_best_face = self.store.search_identities(queries, candidates_for(k, self.identity_score))
+        ranked = rescored(self._sessions, self.model_tag, queries, by_best_face, k, self.identity_score)
+        return name_matches(self._sessions, ranked, k)
 
     def face_count(self) -> int:
         return self.store.count()

@@ -124,7 +124,8 @@ def test_many_queries_go_to_the_index_together_and_only_crowded_ones_again_deepe
     _store_vector(sessions, runner_up, direction + 0.3 * rng.normal(size=DIM), "r")
     for n in range(10):
         _store_vector(sessions, new_person(sessions), rng.normal(size=DIM), f"o{n}")
-    gallery = Gallery(make_index(DIM), sessions, MODEL)
+    # The depth mechanics of the best-face ranking each rule starts from (mean asks for more people).
+    gallery = Gallery(make_index(DIM), sessions, MODEL, identity_score="best")
     gallery.rebuild()
     queries = np.stack([direction, unit(2000), unit(3000)])
 

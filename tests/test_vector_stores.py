@@ -22,7 +22,7 @@ from service.storage import repository as repo
 from tests._milvus import SERVER_URI_ENV, embedded_uri, new_prefix
 from tests._stored import DIM, MODEL, migrated_sessions, new_person, store_face, unit
 
-MakeGallery = Callable[[str], SearchGallery]
+MakeGallery = Callable[..., SearchGallery]
 
 
 @pytest.fixture(params=["sqlite"])
@@ -34,14 +34,27 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
 def make_gallery(
     request: pytest.FixtureRequest, sessions: sessionmaker[Session], tmp_path: Path
 ) -> Iterator[MakeGallery]:
-    """`make_gallery(model_tag)`: a gallery of the store under test that this process writes."""
+    """`make_gallery(model_tag, identity_score="mean")`: a gallery of the store under test that this process
+    writes."""
     if request.param == "faiss":
-        settings = Settings(vector_store="faiss")
-        yield lambda tag: gallery_for(settings, sessions, tag, DIM)
+        yield lambda tag, identity_score="mean": gallery_for(
+            Settings(vector_store="faiss", identity_score=identity_score), sessions, tag, DIM
+        )
         return
     for uri in embedded_uri(tmp_path):
-        milvus = Settings(vector_store="milvus", milvus_uri=uri, milvus_collection_prefix=new_prefix())
-        yield lambda tag: gallery_for(milvus, sessions, tag, DIM, writer=True)  # noqa: B023 (one pass)
+        prefix = new_prefix()
+        yield lambda tag, identity_score="mean": gallery_for(
+            Settings(
+                vector_store="milvus",
+                milvus_uri=uri,  # noqa: B023
+                milvus_collection_prefix=prefix,  # noqa: B023
+                identity_score=identity_score,
+            ),
+            sessions,
+            tag,
+            DIM,
+            writer=True,
+        )
 
 
 def _follower(gallery: SearchGallery, sessions: sessionmaker[Session]) -> ChangeFollower:
@@ -50,30 +63,47 @@ def _follower(gallery: SearchGallery, sessions: sessionmaker[Session]) -> Change
     return follower
 
 
-def _best_by_identity(sessions: sessionmaker[Session], query: np.ndarray, k: int) -> list[uuid.UUID]:
-    """The exact identity ranking by each identity's best face, computed from SQL."""
-    best: dict[uuid.UUID, float] = {}
+def _exact_ranking(
+    sessions: sessionmaker[Session], query: np.ndarray, k: int, rule: str
+) -> list[tuple[uuid.UUID, float]]:
+    """The exact identity ranking computed from SQL: by each identity's best face, or by the cosine to the
+    normalised mean of its faces."""
+    faces: dict[uuid.UUID, list[np.ndarray]] = {}
     with sessions() as session:
         for _keys, vectors, owners in repo.iter_embeddings(session, model=MODEL):
-            for score, owner in zip((vectors @ query).tolist(), owners, strict=True):
-                best[owner] = max(best.get(owner, -2.0), score)
-    return [owner for owner, _ in sorted(best.items(), key=lambda item: -item[1])[:k]]
+            for vector, owner in zip(vectors, owners, strict=True):
+                faces.setdefault(owner, []).append(vector)
+    scores = {}
+    for owner, vectors in faces.items():
+        if rule == "best":
+            scores[owner] = max(float(v @ query) for v in vectors)
+        else:
+            total = np.sum(vectors, axis=0)
+            scores[owner] = float(total @ query / np.linalg.norm(total))
+    return sorted(scores.items(), key=lambda item: -item[1])[:k]
 
 
-def test_added_faces_are_found_ranked_by_identity_with_each_identitys_best_face(
-    make_gallery: MakeGallery, sessions: sessionmaker[Session]
+@pytest.mark.parametrize("rule", ["best", "mean"])
+def test_added_faces_are_found_ranked_by_identity_under_each_identity_score_rule(
+    make_gallery: MakeGallery, sessions: sessionmaker[Session], rule: str
 ) -> None:
-    follower = _follower(make_gallery(MODEL), sessions)
+    follower = _follower(make_gallery(MODEL, identity_score=rule), sessions)
     people = [new_person(sessions, f"p{n}") for n in range(6)]
     for number, person in enumerate(people):
         for seed in range(5):  # many faces of one person must not crowd others out of the top k
             store_face(sessions, person, 100 * number + seed)
     follower.catch_up()
-    for seed in (3, 205, 499, 12345):
+    rankings_differ = False
+    for seed in (3, 205, 499, 12345, 7, 8, 9):
         query = unit(seed)
         matches = follower.gallery.identify(query[None, :], 4)[0]
-        assert [m.identity_id for m in matches] == _best_by_identity(sessions, query, 4)
+        exact = _exact_ranking(sessions, query, 4, rule)
+        assert [m.identity_id for m in matches] == [owner for owner, _ in exact]
+        assert [m.score for m in matches] == pytest.approx([score for _, score in exact], abs=1e-5)
         assert len({m.identity_id for m in matches}) == 4
+        other = _exact_ranking(sessions, query, 4, "mean" if rule == "best" else "best")
+        rankings_differ |= [o for o, _ in other] != [m.identity_id for m in matches]
+    assert rankings_differ  # the two rules really rank these people differently
     assert follower.gallery.face_count() == 30
     assert follower.gallery.audit().in_step
 
@@ -129,7 +159,9 @@ def test_each_model_version_has_its_own_store_and_never_sees_anothers_faces(
     assert (old.rebuild(), new.rebuild()) == (1, 2)
     assert (old.face_count(), new.face_count()) == (1, 2)
     assert old.identify(unit(2)[None, :], 1)[0][0].score < 0.999
-    assert new.identify(unit(2)[None, :], 1)[0][0].score == pytest.approx(1.0, abs=1e-5)
+    both = unit(2) + unit(3)  # the person's template under other@2: the mean of its two faces
+    expected = float(unit(2) @ both / np.linalg.norm(both))
+    assert new.identify(unit(2)[None, :], 1)[0][0].score == pytest.approx(expected, abs=1e-5)
     assert old.audit().in_step and new.audit().in_step
 
 

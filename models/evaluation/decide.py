@@ -13,8 +13,8 @@ Protocols (identities in sorted order; photos in file-name order):
   top-1; TAR at FAR 1e-3 over every pair of the 4,338 faces, and its mean ± std over 5 identity-disjoint
   folds.
 - **templates**: people with at least 5 photos enrol their first 3 (the others their first), every other
-  photo is identified; a person is scored by the best of their enrolled faces (``best``, what
-  ``service/gallery.py`` does), by the cosine to the normalised mean of their faces (``mean``), or by the
+  photo is identified; a person is scored by the best of their enrolled faces (``best``), by the cosine to
+  the normalised mean of their faces (``mean``, what the service does: service/templates.py), or by the
   larger of the two (``both``). Closed-set top-1, and open-set DIR at FPIR 1 %: 5 identity-disjoint folds,
   trial *i* enrols everyone outside fold *i* and uses fold *i*'s photos as strangers; the threshold lets
   through 1 % of the strangers pooled over the trials.
@@ -48,6 +48,7 @@ from service.pipeline.embed import Embedder
 from service.runtime.manifest import load_manifest, sha256_file
 from service.runtime.models import embedder_config
 from service.runtime.sessions import create_session
+from service.templates import candidates_for
 
 Rule = Literal["best", "mean", "both"]
 RULES: tuple[Rule, ...] = ("best", "mean", "both")
@@ -167,6 +168,52 @@ def open_set(
     return Scored(correct, groups, bootstrap_rate(correct, groups)), threshold
 
 
+def reranked_by_mean(
+    embeddings: np.ndarray, ids: np.ndarray, enrolled: np.ndarray, candidates: int
+) -> tuple[int, int, int, int]:
+    """How the service's rule (service/templates.py: the best-face ranking's first `candidates` people,
+    re-ranked by template) compares with an exhaustive template ranking: (mated probes whose first person
+    differs, mated probes, strangers of the open-set folds whose top score differs, strangers)."""
+    names, index = np.unique(ids, return_inverse=True)
+
+    def first(
+        probes: np.ndarray, gallery: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        args = (probes, embeddings[gallery], index[gallery], len(names))
+        best, mean = identity_scores(*args, "best"), identity_scores(*args, "mean")
+        shortlist = np.argsort(-best, axis=1, kind="stable")[:, :candidates]
+        reranked = np.take_along_axis(mean, shortlist, axis=1)
+        picked = shortlist[np.arange(len(shortlist)), reranked.argmax(axis=1)]
+        return picked, reranked.max(axis=1), mean.argmax(axis=1), mean.max(axis=1)
+
+    picked, _, exhaustive, _ = first(embeddings[~enrolled], enrolled)
+    fold = fold_of(ids)
+    strangers_differ = 0
+    for trial in range(FOLDS):
+        _, top, _, exhaustive_top = first(embeddings[fold == trial], enrolled & (fold != trial))
+        strangers_differ += int((np.abs(top - exhaustive_top) > 1e-6).sum())
+    return int((picked != exhaustive).sum()), int((~enrolled).sum()), strangers_differ, len(ids)
+
+
+def at_threshold(
+    embeddings: np.ndarray, ids: np.ndarray, enrolled: np.ndarray, rule: Rule, threshold: float
+) -> tuple[int, int, int, int]:
+    """At a fixed threshold over the open-set folds: (strangers named, strangers, mated probes found first
+    with a score at or above it, mated probe trials)."""
+    names, index = np.unique(ids, return_inverse=True)
+    fold = fold_of(ids)
+    named = found = mated = 0
+    for trial in range(FOLDS):
+        inside = fold != trial
+        gallery, probes = enrolled & inside, ~enrolled & inside
+        scores = identity_scores(embeddings, embeddings[gallery], index[gallery], len(names), rule)
+        top, arg = scores.max(axis=1), scores.argmax(axis=1)
+        named += int((top[~inside] >= threshold).sum())
+        found += int(((arg == index) & (top >= threshold))[probes].sum())
+        mated += int(probes.sum())
+    return named, len(ids), found, mated
+
+
 def tar_folds(embeddings: np.ndarray, ids: np.ndarray) -> tuple[float, float, float]:
     """TAR at FAR 1e-3 over every pair, and its mean and std over identity-disjoint folds."""
     everything = calibrate_threshold(embeddings, list(ids), FAR).tar
@@ -261,6 +308,34 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 print(f"    {rule} − best, top-1: {_diff(c_closed)}")
                 print(f"    {rule} − best, DIR@FPIR1%: {_diff(c_open)}")
+        e = variants[""]
+        wanted = candidates_for(1, "mean")
+        for shortlist in sorted({1, 2, 4, 8, 16, wanted}):
+            differ, mated, strangers_differ, strangers = reranked_by_mean(e, ids, templates, shortlist)
+            report[f"{name}/templates/reranking_{shortlist}"] = {
+                "served": shortlist == wanted,
+                "first_person_differs": differ,
+                "stranger_top_score_differs": strangers_differ,
+            }
+            print(
+                f"  {name}, best-face top {shortlist} re-ranked by mean"
+                f"{' (as served)' if shortlist == wanted else ''}: first person differs from the exhaustive "
+                f"ranking for {differ} of {mated} probes; top score for {strangers_differ} of {strangers} "
+                "strangers"
+            )
+        threshold = embedder_config(load_manifest(args.model_dir / "manifest.toml").get(name)).threshold
+        for rule in ("best", "mean"):
+            named, strangers, found, mated = at_threshold(e, ids, templates, rule, threshold)
+            report[f"{name}/templates/{rule}/at_model_threshold"] = {
+                "threshold": threshold,
+                "fpir": named / strangers,
+                "dir": found / mated,
+            }
+            print(
+                f"  {name} templates/{rule} at the model's threshold {threshold}: FPIR "
+                f"{100 * named / strangers:.2f} % ({named} of {strangers}), DIR {100 * found / mated:.2f} % "
+                f"({found} of {mated})"
+            )
     names = list(plain_single)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:

@@ -368,6 +368,23 @@ def embeddings_of(
     return found
 
 
+def embeddings_of_identities(
+    session: Session, *, identity_ids: Iterable[uuid.UUID], model: str
+) -> dict[uuid.UUID, np.ndarray]:
+    """`{identity id: vectors (n, dim)}` of every face of `model` of those identities that still exist."""
+    found: dict[uuid.UUID, list[np.ndarray]] = {}
+    for chunk in _chunks(identity_ids):
+        # Why the model is compared here, not in SQL: with both conditions SQLite chose the model's index,
+        # which every face matches (a search among 30k faces took 41 ms instead of 7).
+        query = select(Face.identity_id, Face.embedding, Face.dim, Face.model).where(
+            Face.identity_id.in_(chunk)
+        )
+        for identity_id, blob, dim, face_model in session.execute(query):
+            if face_model == model:
+                found.setdefault(identity_id, []).append(from_bytes(blob, dim))
+    return {identity_id: np.stack(vectors) for identity_id, vectors in found.items()}
+
+
 def iter_embeddings(
     session: Session, *, model: str, batch_size: int = 10000
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[uuid.UUID]]]:

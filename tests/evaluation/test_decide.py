@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 
 from models.evaluation.decide import (
+    at_threshold,
     closed_set,
     enrolment,
     first_photos,
     fold_of,
     identity_scores,
     open_set,
+    reranked_by_mean,
     with_flip,
 )
 from models.evaluation.paired import bootstrap_rate, mcnemar_exact, paired_comparison
@@ -92,6 +94,35 @@ def test_closed_and_open_set_scores_on_separable_people() -> None:
     folds = fold_of(ids)
     assert all(len(set(folds[ids == name])) == 1 for name in set(ids))
     assert sorted(np.bincount(folds)) == [24] * 5
+
+
+def test_reranking_a_best_face_shortlist_misses_a_person_only_the_mean_finds_when_too_short() -> None:
+    # p0's two faces lie either side of its probes, p1's single face is nearer each probe than either
+    rows = [[1, 0, 0], [0, 1, 0], [0.75, 0.75, 0.55], [0.7, 0.7, 0], [0.7, 0.7, 0.05], [0.7, 0.7, 0.1]]
+    others = [[0, 0, 1], [0, -1, 0], [-1, 0, 0]]  # more people, for the five folds
+    rows += [row for row in others for _ in range(2)]
+    embeddings = _unit(rows)
+    ids = np.array(["p0", "p0", "p1", "p0", "p0", "p0", "s1", "s1", "s2", "s2", "s3", "s3"])
+    enrolled = np.zeros(len(ids), bool)
+    enrolled[[0, 1, 2, 6, 8, 10]] = True
+    differ_one, mated, _, strangers = reranked_by_mean(embeddings, ids, enrolled, 1)
+    differ_all, *_ = reranked_by_mean(embeddings, ids, enrolled, 4)
+    assert (differ_one, mated, strangers) == (3, int((~enrolled).sum()), len(ids))
+    assert differ_all == 0
+
+
+def test_at_a_fixed_threshold_a_stranger_counts_when_named_and_a_probe_when_found_first() -> None:
+    rng = np.random.default_rng(1)
+    people, photos = 20, 6
+    centres = rng.standard_normal((people, 16))
+    ids = np.repeat([f"p{i:02d}" for i in range(people)], photos)
+    embeddings = np.repeat(centres, photos, axis=0) + 0.05 * rng.standard_normal((people * photos, 16))
+    embeddings = (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32)
+    enrolled = enrolment(ids, 3, 5)
+    named, strangers, found, mated = at_threshold(embeddings, ids, enrolled, "mean", 0.9)
+    assert (named, strangers, found, mated) == (0, people * photos, mated, 4 * people * (photos - 3))
+    named, _, found, _ = at_threshold(embeddings, ids, enrolled, "mean", -1.0)
+    assert named == strangers and found == mated  # below every score: everyone is named
 
 
 def test_flip_averaging_normalises_the_sum() -> None:

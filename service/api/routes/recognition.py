@@ -20,6 +20,7 @@ from service.api.state import AppState, Serving
 from service.pipeline import StageTimes
 from service.pipeline.face_policy import choose_face
 from service.storage import repository as repo
+from service.templates import identity_score
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
 
@@ -125,13 +126,14 @@ def verify(
         assert identity_id is not None
         if repo.get_identity(db, identity_id=identity_id) is None:
             raise not_found("identity")
-        faces = [f for f in repo.list_faces(db, identity_id=identity_id) if f.model == serving.embedder_tag]
-        if not faces:
+        enrolled = repo.embeddings_of_identities(
+            db, identity_ids=[identity_id], model=serving.embedder_tag
+        ).get(identity_id)
+        if enrolled is None:
             raise APIError(
                 422, "no_enrolled_faces", "the identity has no faces enrolled with the active model"
             )
-        gallery = np.stack([repo.from_bytes(f.embedding, f.dim) for f in faces])
-        score = float((gallery @ probe).max())
+        score = identity_score(probe, enrolled, state.settings.identity_score)
     match = score >= serving.threshold
     shown = match or image2 is not None or reads_gallery(caller)
     return schemas.VerifyResponse(
