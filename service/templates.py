@@ -64,8 +64,10 @@ def rescored(
 ) -> Ranked:
     """The top `k` of each query's best-face `ranked` candidates under `rule`.
 
-    `several_faces`: the candidates known to have more than one face (a store that keeps count says so, and
-    SQL is not asked when no candidate has); None reads every candidate's faces.
+    `several_faces`: the candidates known to have more than one face (a store that keeps count says so; the
+    others keep the store's score, and SQL is not asked when no candidate has several); None reads every
+    candidate's faces. A candidate whose faces were read is scored from SQL alone: a face deleted there no
+    longer counts, and one with no face left is dropped, whatever the store still holds.
     """
     if rule == "best":
         return [row[:k] for row in ranked]
@@ -74,9 +76,13 @@ def rescored(
     if wanted:
         with sessions() as session:
             faces = repo.embeddings_of_identities(session, identity_ids=wanted, model=model_tag)
-        templates = {i: template(vectors) for i, vectors in faces.items() if len(vectors) > 1}
+        templates = {i: template(vectors) for i, vectors in faces.items()}
     out: Ranked = []
     for query, row in zip(queries, ranked, strict=True):
-        scores = [(i, float(templates[i] @ query) if i in templates else score) for i, score in row]
+        scores = [
+            (i, float(templates[i] @ query) if i in templates else score)
+            for i, score in row
+            if i in templates or i not in wanted
+        ]
         out.append(sorted(scores, key=lambda item: -item[1])[:k])
     return out

@@ -196,3 +196,22 @@ def test_an_index_that_lost_track_of_its_vectors_is_rebuilt_from_sql_not_left_br
     assert gallery.audit().in_step
     (matches,) = gallery.identify(unit(99)[None, :], k=1)
     assert matches[0].identity_id == bob
+
+
+def test_by_mean_a_face_deleted_in_sql_stops_counting_before_the_index_hears_of_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    person, other = new_person(sessions), new_person(sessions)
+    keys = [_store(sessions, person, seed) for seed in (1, 2)]
+    _store(sessions, other, 3)
+    gallery = Gallery(make_index(DIM), sessions, MODEL)  # mean of faces, the default
+    gallery.rebuild()
+    ((top, *_),) = gallery.identify(unit(1)[None, :], 2)
+    both = unit(1) + unit(2)
+    assert top.identity_id == person
+    assert top.score == pytest.approx(float(unit(1) @ both / np.linalg.norm(both)), abs=1e-5)
+    _drop_in_sql(sessions, keys[0])  # another process deletes it; this index still holds it
+    scores = {m.identity_id: m.score for m in gallery.identify(unit(1)[None, :], 2)[0]}
+    assert scores[person] == pytest.approx(float(unit(1) @ unit(2)), abs=1e-5)
+    _drop_in_sql(sessions, keys[1])  # no face left in SQL: not a candidate at all
+    assert person not in {m.identity_id for m in gallery.identify(unit(1)[None, :], 2)[0]}

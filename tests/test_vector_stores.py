@@ -111,7 +111,7 @@ def test_added_faces_are_found_ranked_by_identity_under_each_identity_score_rule
 def test_a_face_added_again_replaces_its_vector_and_is_counted_once(
     make_gallery: MakeGallery, sessions: sessionmaker[Session]
 ) -> None:
-    gallery = make_gallery(MODEL)
+    gallery = make_gallery(MODEL, identity_score="best")  # what the store holds, not SQL's faces
     person = new_person(sessions)
     key, _ = store_face(sessions, person, 1)
     with gallery.writing():

@@ -119,7 +119,10 @@ class DetectResponse(BaseModel):
 class MatchOut(BaseModel):
     identity_id: uuid.UUID
     name: str
-    score: float
+    score: float = Field(
+        description="Cosine similarity of the face to the person: to the normalised mean of their enrolled "
+        "faces (FACEBANK_IDENTITY_SCORE=mean, the default) or to their closest face (best)."
+    )
 
 
 class IdentityGuess(BaseModel):
