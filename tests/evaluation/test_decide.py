@@ -24,6 +24,15 @@ def _unit(rows: list[list[float]]) -> np.ndarray:
     return array / np.linalg.norm(array, axis=1, keepdims=True)
 
 
+def _separable_people(people: int, photos: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, unit embeddings): each person's photos close together, people far apart."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((people, 16))
+    ids = np.repeat([f"p{i:02d}" for i in range(people)], photos)
+    embeddings = np.repeat(centres, photos, axis=0) + 0.05 * rng.standard_normal((people * photos, 16))
+    return ids, (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32)
+
+
 def test_mcnemar_is_symmetric_and_exact_on_small_counts() -> None:
     assert mcnemar_exact(3, 9) == mcnemar_exact(9, 3)
     assert mcnemar_exact(0, 0) == 1.0
@@ -79,12 +88,8 @@ def test_the_three_template_rules() -> None:
 
 
 def test_closed_and_open_set_scores_on_separable_people() -> None:
-    rng = np.random.default_rng(0)
     people, photos = 20, 6
-    centres = rng.standard_normal((people, 16))
-    ids = np.repeat([f"p{i:02d}" for i in range(people)], photos)
-    embeddings = np.repeat(centres, photos, axis=0) + 0.05 * rng.standard_normal((people * photos, 16))
-    embeddings = (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32)
+    ids, embeddings = _separable_people(people, photos, seed=0)
     enrolled = enrolment(ids, 3, 5)
     for rule in ("best", "mean", "both"):
         assert closed_set(embeddings, ids, enrolled, rule).spread.rate == 1.0
@@ -112,12 +117,8 @@ def test_reranking_a_best_face_shortlist_misses_a_person_only_the_mean_finds_whe
 
 
 def test_at_a_fixed_threshold_a_stranger_counts_when_named_and_a_probe_when_found_first() -> None:
-    rng = np.random.default_rng(1)
     people, photos = 20, 6
-    centres = rng.standard_normal((people, 16))
-    ids = np.repeat([f"p{i:02d}" for i in range(people)], photos)
-    embeddings = np.repeat(centres, photos, axis=0) + 0.05 * rng.standard_normal((people * photos, 16))
-    embeddings = (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float32)
+    ids, embeddings = _separable_people(people, photos, seed=1)
     enrolled = enrolment(ids, 3, 5)
     named, strangers, found, mated = at_threshold(embeddings, ids, enrolled, "mean", 0.9)
     assert (named, strangers, found, mated) == (0, people * photos, mated, 4 * people * (photos - 3))
