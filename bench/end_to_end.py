@@ -51,8 +51,9 @@ def run(ctx: Context) -> None:
     one_thread_s, _, _ = _timed(lambda path: ours(path, single_thread), photos)
 
     # Identify: the same photos against a gallery of synthetic unit vectors in our index.
-    index = make_index(128, device=ctx.device, search_threads=ctx.settings.search_threads)
-    index.add(np.arange(gallery_size), unit_vectors(gallery_size, 128, seed=7))
+    dim = ctx.models.embedder_config.dim
+    index = make_index(dim, device=ctx.device, search_threads=ctx.settings.search_threads)
+    index.add(np.arange(gallery_size), unit_vectors(gallery_size, dim, seed=7))
     depth = max(4 * K, 32)  # what Gallery asks the index for, to rank identities by their best face
 
     def ours_identify(path: Path) -> int:
@@ -78,7 +79,7 @@ def run(ctx: Context) -> None:
             image = face_recognition.load_image_file(path)
             return len(face_recognition.face_encodings(image, face_recognition.face_locations(image)))
 
-        known = unit_vectors(gallery_size, 128, seed=8).astype(np.float64)
+        known = unit_vectors(gallery_size, 128, seed=8).astype(np.float64)  # dlib's encodings are 128-d
 
         def theirs_identify(path: Path) -> int:
             image = face_recognition.load_image_file(path)

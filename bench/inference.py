@@ -19,11 +19,15 @@ UPSTREAM_ONNX = "mobilefacenet.onnx"
 
 
 def _upstream_batch1(ctx: Context) -> Comparison:
-    """The upstream ONNX file of the same network (its batch axis is fixed at 1), one face per call."""
+    """MobileFaceNet's upstream ONNX file (its batch axis is fixed at 1), one face per call: the same network
+    for ``mobilefacenet@1`` and its fine-tunes; for another embedder (EdgeFace has no upstream ONNX file) the
+    network the project started from, and the label says so."""
     from service.pipeline import l2_normalize
     from service.runtime import create_session
 
     label = f"upstream {UPSTREAM_ONNX} (batch fixed at 1), one face per call"
+    if not ctx.models.embedder_tag.startswith("mobilefacenet"):
+        label += f"; MobileFaceNet, another network than {ctx.models.embedder_tag}"
     path = ctx.shared / "models" / UPSTREAM_ONNX
     if not path.is_file():
         return Comparison(label, None, "faces/s", missing=f"{path} not found")

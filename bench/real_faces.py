@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 
 
-def embed_folder(root: Path, cache: Path, *, model_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def embed_folder(
+    root: Path, cache: Path, *, embedder: str, model_dir: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(unit embeddings (n, dim) float32, identity number per row) of one face per image under
-    `root/<identity>/`, images without a face left out; read from `cache` when it exists."""
+    `root/<identity>/` by `embedder`, images without a face left out; read from `cache` when it exists."""
     if cache.exists():
         with np.load(cache) as saved:
             return saved["embeddings"], saved["identities"]
@@ -24,7 +26,9 @@ def embed_folder(root: Path, cache: Path, *, model_dir: Path | None = None) -> t
     from service.config import Settings
 
     images = list_identity_folders(root)
-    settings = Settings() if model_dir is None else Settings(model_dir=model_dir)
+    settings = Settings(embedder=embedder)
+    if model_dir is not None:
+        settings = settings.model_copy(update={"model_dir": model_dir})
     embedded = embed_paths(
         settings, [image.path for image in images], choice="central", cache_dir=None, progress=print
     )

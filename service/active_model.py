@@ -2,8 +2,12 @@
 
 The rule:
 - a fresh database (no choice recorded) records the configured embedder (``FACEBANK_EMBEDDER``, default
-  ``mobilefacenet``) as ``name@version`` on the first start, ingest or ``models use``;
-- after that the database's choice wins; ``facebank models use NAME`` is the only way to change it;
+  :data:`~service.config.DEFAULT_EMBEDDER`) as ``name@version`` on the first start, ingest or ``models use``;
+  if that embedder is not prepared, nothing starts and the message names a prepared one to set instead;
+- one with no choice recorded that already holds faces (made before migration 0003 added the record, by the
+  default of its time) records the model of most of its faces instead, unless ``FACEBANK_EMBEDDER`` is set;
+- after that the database's choice wins; ``facebank models use NAME`` is the only way to change it (so a new
+  default reaches only fresh databases: one that recorded ``mobilefacenet@1`` keeps serving it);
 - if ``FACEBANK_EMBEDDER`` is set explicitly and names another model (or another version of it), nothing
   starts: the message names both and the command that switches.
 
@@ -21,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
 from service.runtime.models import ModelLoadError, prepared_entry, prepared_manifest
-from service.storage import service_settings
+from service.storage import repository, service_settings
 
 
 class EmbedderChoiceError(RuntimeError):
@@ -42,8 +46,28 @@ def embedder_set_explicitly(settings: Settings) -> bool:
 
 
 def configured_tag(settings: Settings) -> str:
-    """``name@version`` of the configured embedder in the prepared model folder."""
-    return prepared_entry(settings.model_dir, settings.embedder).tag
+    """``name@version`` of the configured embedder in the prepared model folder; :class:`ModelLoadError`
+    naming what to prepare or set when it is not there (e.g. after ``models prepare --only``)."""
+    manifest = prepared_manifest(settings.model_dir)
+    if settings.embedder in manifest.names():
+        return prepared_entry(settings.model_dir, settings.embedder).tag
+    raise ModelLoadError(unprepared_message(settings, [entry.name for entry in manifest.embedders()]))
+
+
+def unprepared_message(settings: Settings, prepared: list[str]) -> str:
+    """Why the configured embedder cannot seed a fresh database, and the two ways out."""
+    what = (
+        f"FACEBANK_EMBEDDER={settings.embedder}"
+        if embedder_set_explicitly(settings)
+        else f"the default embedder {settings.embedder}"
+    )
+    message = (
+        f"{what} is not prepared in {settings.model_dir} (its embedders: {', '.join(prepared) or 'none'}); "
+        f"prepare it with `facebank models prepare --from DIR` (or `--download`)"
+    )
+    if prepared:
+        message += f", or on a fresh database set a prepared one: FACEBANK_EMBEDDER={prepared[0]}"
+    return message
 
 
 def split_tag(tag: str) -> tuple[str, str]:
@@ -64,15 +88,15 @@ def conflict_message(settings: Settings, configured: str, active: str) -> str:
 def resolve_embedder(
     settings: Settings, sessions: sessionmaker[Session], *, loaded_tag: str | None = None
 ) -> Settings:
-    """``settings`` with ``embedder`` set to the database's active embedder, recording the configured one
-    in a fresh database (committed). ``loaded_tag``: models already loaded by the caller, which count as an
-    explicit choice. Raises :class:`EmbedderConflict`, :class:`ActiveEmbedderUnavailable` or
+    """``settings`` with ``embedder`` set to the database's active embedder, recording :func:`seeding_tag` in
+    a database with no choice yet (committed). ``loaded_tag``: models already loaded by the caller, which
+    count as an explicit choice. Raises :class:`EmbedderConflict`, :class:`ActiveEmbedderUnavailable` or
     :class:`~service.runtime.ModelLoadError`."""
     with sessions() as session:
         active = service_settings.active_embedder(session)
         if active is None:
             active = service_settings.seed_active_embedder(
-                session, tag=loaded_tag or configured_tag(settings)
+                session, tag=loaded_tag or seeding_tag(settings, session)
             )
             session.commit()
     if loaded_tag is not None or embedder_set_explicitly(settings):
@@ -82,6 +106,20 @@ def resolve_embedder(
     if loaded_tag is not None:
         return settings.model_copy(update={"embedder": split_tag(loaded_tag)[0]})
     return settings.model_copy(update={"embedder": available_name(settings, active)})
+
+
+def seeding_tag(settings: Settings, session: Session) -> str:
+    """The tag a database with no recorded choice records: the configured embedder if set explicitly, else
+    the model of most of the faces it already holds, else (a fresh database) the configured default."""
+    if not embedder_set_explicitly(settings) and (held := held_model(session)) is not None:
+        return held
+    return configured_tag(settings)
+
+
+def held_model(session: Session) -> str | None:
+    """The model tag of most of the stored faces (ties: the first by name); None when there are none."""
+    counts = repository.models_in_use(session)
+    return max(sorted(counts), key=counts.__getitem__) if counts else None
 
 
 def available_name(settings: Settings, active: str) -> str:
@@ -98,12 +136,12 @@ def available_name(settings: Settings, active: str) -> str:
 
 
 def recorded_embedder(settings: Settings, session: Session) -> tuple[str, bool]:
-    """(the active embedder's tag, whether the database records it) without writing anything: the
-    configured one while none is recorded. For read-only tools such as `facebank doctor`."""
+    """(the active embedder's tag, whether the database records it) without writing anything: the one it
+    would record (:func:`seeding_tag`) while none is recorded. For read-only tools such as `models list`."""
     active = service_settings.active_embedder(session)
     if active is not None:
         return active, True
-    return configured_tag(settings), False
+    return seeding_tag(settings, session), False
 
 
 __all__ = [
@@ -115,7 +153,10 @@ __all__ = [
     "configured_tag",
     "conflict_message",
     "embedder_set_explicitly",
+    "held_model",
     "recorded_embedder",
     "resolve_embedder",
+    "seeding_tag",
     "split_tag",
+    "unprepared_message",
 ]

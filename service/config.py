@@ -26,6 +26,10 @@ def _user_data_dir() -> Path:
     return Path(base) / "facebank"
 
 
+# The embedder a fresh database records on its first start (docs/accuracy.md, "Default model"); its weights
+# are non-commercial, as are MobileFaceNet's in practice (README, "Licences").
+DEFAULT_EMBEDDER = "edgeface-xs-q"
+
 # How a person enrolled with several faces is scored; the rule itself is service/templates.py.
 IdentityScore = Literal["mean", "best"]
 MilvusIndexType = Literal["FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "GPU_CAGRA", "GPU_IVF_FLAT", "AUTOINDEX"]
@@ -40,7 +44,11 @@ class Settings(BaseSettings):
     )
     model_dir: Path = Field(default_factory=_user_cache_dir, description="Prepared ONNX models + manifest.")
     detector: str = "retinaface-mnet025"
-    embedder: str = "mobilefacenet"
+    embedder: str = Field(
+        default=DEFAULT_EMBEDDER,
+        description="The embedder a fresh database records; after that the database's choice wins "
+        "(`facebank models use`), and a different explicit value refuses to start.",
+    )
     device: Literal["auto", "cpu", "cuda"] = "cpu"
     intra_op_threads: int = Field(default=0, ge=0, description="onnxruntime threads; 0 lets it decide.")
     search_threads: int = Field(default=1, ge=0, description="FAISS OpenMP threads; 0 keeps its default.")

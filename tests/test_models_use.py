@@ -1,8 +1,9 @@
 """Switching the service between embedders, end to end on SQLite and PostgreSQL.
 
-Model A is the prepared MobileFaceNet; model B (`tests/_embedders.py`) is a registered trained model whose
-vectors are A's with every other sign flipped, so an A vector and a B vector of the same face score about 0:
-faces that were really re-embedded with B are found by B, and A's are not.
+Model A is the prepared MobileFaceNet, recorded by each test (it is no longer the default: a database that
+chose it keeps it); model B (`tests/_embedders.py`) is a registered trained model whose vectors are A's with
+every other sign flipped, so an A vector and a B vector of the same face score about 0: faces that were
+really re-embedded with B are found by B, and A's are not.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from service.active_model import EmbedderConflict, resolve_embedder
 from service.api import create_app
 from service.cli import main as facebank
-from service.config import Settings
+from service.cli.serve import load_for_serving
+from service.config import DEFAULT_EMBEDDER, Settings
 from service.storage import make_engine, make_session_factory, upgrade_to_head
 from service.storage import service_settings as choices
-from service.storage.tables import AuditEvent, Face
+from service.storage.tables import AuditEvent, Face, ServiceSetting
 from tests._client import local_client
 from tests._embedders import FLIPPED, FLIPPED_TAG, add_flipped_embedder, copy_model_dir
 from tests.ingest.conftest import copy_lfw_gallery
@@ -71,6 +73,16 @@ def environment(
     yield database_url
 
 
+def _record_active(database_url: str, tag: str) -> None:
+    """The database records `tag` as its active embedder, as one that chose it earlier does."""
+    upgrade_to_head(database_url)
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    with make_session_factory(engine)() as session:
+        choices.set_active_embedder(session, tag=tag)
+        session.commit()
+    engine.dispose()
+
+
 def _faces_by_model(database_url: str) -> dict[str, int]:
     engine = make_engine(database_url, pool_size=1, max_overflow=0)
     try:
@@ -91,7 +103,7 @@ def _identify(client: TestClient, photo: Path) -> str | None:
 
 
 def test_switching_models_keeps_them_apart_until_re_ingested_then_prunes_the_old_one(
-    environment: str, gallery: Path, capsys: pytest.CaptureFixture[str]
+    environment: str, gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     database_url = environment
     person = sorted(p.name for p in gallery.iterdir())[0]
@@ -99,8 +111,11 @@ def test_switching_models_keeps_them_apart_until_re_ingested_then_prunes_the_old
     n = len(list(gallery.rglob("*.jpg")))
     assert n >= 3
 
-    # 1. Enroll with A: a fresh database records the default embedder on the first ingest.
+    # 1. Enroll with A: a fresh database records the configured embedder on the first ingest; after that
+    # the variable can go, the database decides.
+    monkeypatch.setenv("FACEBANK_EMBEDDER", "mobilefacenet")
     assert facebank(["ingest", str(gallery)]) == 0
+    monkeypatch.delenv("FACEBANK_EMBEDDER")
     assert _faces_by_model(database_url) == {A_TAG: n}
     with local_client(create_app(Settings())) as client:
         assert client.app.state.facebank.serving.embedder_tag == A_TAG  # type: ignore[attr-defined]
@@ -177,12 +192,7 @@ def test_an_explicit_conflicting_embedder_refuses_to_start_naming_both_and_the_f
     environment: str, gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     database_url = environment
-    upgrade_to_head(database_url)
-    engine = make_engine(database_url, pool_size=1, max_overflow=0)
-    with make_session_factory(engine)() as session:
-        choices.set_active_embedder(session, tag=FLIPPED_TAG)
-        session.commit()
-    engine.dispose()
+    _record_active(database_url, FLIPPED_TAG)
 
     # Unset: the database's choice wins.
     with local_client(create_app(Settings())) as client:
@@ -218,10 +228,73 @@ def test_a_fresh_database_is_seeded_by_the_configured_embedder_once(
     sessions = make_session_factory(engine)
     assert resolve_embedder(Settings(), sessions).embedder == FLIPPED
     monkeypatch.delenv("FACEBANK_EMBEDDER")
-    # The default (mobilefacenet) no longer decides: the database's first choice stays.
+    # The default no longer decides: the database's first choice stays.
     assert resolve_embedder(Settings(), sessions).embedder == FLIPPED
     with sessions() as session:
         assert choices.active_embedder(session) == FLIPPED_TAG
+    engine.dispose()
+
+
+def test_a_fresh_database_left_unconfigured_records_the_default_embedder(environment: str) -> None:
+    engine = make_engine(environment, pool_size=1, max_overflow=0)
+    upgrade_to_head(engine)
+    sessions = make_session_factory(engine)
+    assert resolve_embedder(Settings(), sessions).embedder == DEFAULT_EMBEDDER == "edgeface-xs-q"
+    with sessions() as session:
+        assert choices.active_embedder(session) == f"{DEFAULT_EMBEDDER}@1"
+    engine.dispose()
+
+
+def test_a_database_that_recorded_mobilefacenet_keeps_serving_it_after_the_default_changed(
+    environment: str, gallery: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FACEBANK_EMBEDDER unset (the environment fixture): the new default reaches only fresh databases."""
+    database_url = environment
+    person = sorted(p.name for p in gallery.iterdir())[0]
+    probe = gallery.parent / "probes" / f"{person}.jpg"
+    _record_active(database_url, A_TAG)
+    assert Settings().embedder != "mobilefacenet"  # the default changed
+    # `serve`'s start-up check, ingest, the doctor and the app all run A, and nothing records the default.
+    models, problem = load_for_serving(Settings())
+    assert problem is None and models is not None and models.embedder_tag == A_TAG
+    assert facebank(["ingest", str(gallery)]) == 0
+    assert _faces_by_model(database_url) == {A_TAG: len(list(gallery.rglob("*.jpg")))}
+    capsys.readouterr()
+    assert facebank(["doctor"]) == 0
+    assert f"active embedder {A_TAG} (128 dimensions; recorded in the database)" in capsys.readouterr().out
+    with local_client(create_app(Settings())) as client:
+        assert client.app.state.facebank.serving.embedder_tag == A_TAG  # type: ignore[attr-defined]
+        assert _identify(client, probe) == person
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    with make_session_factory(engine)() as session:
+        assert choices.active_embedder(session) == A_TAG
+    engine.dispose()
+
+
+def test_a_database_from_before_the_recorded_choice_keeps_the_model_of_its_faces(
+    environment: str, gallery: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Migration 0003 added the record without writing it, so such a database holds faces of the default of
+    its time and no choice: its first start records the model of its faces, not today's default."""
+    database_url = environment
+    person = sorted(p.name for p in gallery.iterdir())[0]
+    probe = gallery.parent / "probes" / f"{person}.jpg"
+    monkeypatch.setenv("FACEBANK_EMBEDDER", "mobilefacenet")
+    assert facebank(["ingest", str(gallery)]) == 0
+    monkeypatch.delenv("FACEBANK_EMBEDDER")
+    engine = make_engine(database_url, pool_size=1, max_overflow=0)
+    with engine.begin() as connection:
+        connection.execute(delete(ServiceSetting))  # as before migration 0003
+    capsys.readouterr()
+    assert facebank(["doctor"]) == 0
+    assert f"active embedder {A_TAG} (128 dimensions; that of its faces;" in capsys.readouterr().out
+    models, problem = load_for_serving(Settings())
+    assert problem is None and models is not None and models.embedder_tag == A_TAG
+    with local_client(create_app(Settings())) as client:
+        assert client.app.state.facebank.serving.embedder_tag == A_TAG  # type: ignore[attr-defined]
+        assert _identify(client, probe) == person
+    with make_session_factory(engine)() as session:
+        assert choices.active_embedder(session) == A_TAG
     engine.dispose()
 
 
@@ -255,6 +328,7 @@ def test_a_running_server_switches_to_the_new_embedder_in_step(
     environment: str, gallery: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     photo = sorted(next(iter(sorted(gallery.iterdir()))).glob("*.jpg"))[0]
+    _record_active(environment, A_TAG)
     with local_client(create_app(Settings())) as client:
         assert client.get("/readyz").json()["checks"]["embedder"] == A_TAG
         assert facebank(["models", "use", FLIPPED]) == 0
@@ -280,6 +354,7 @@ def test_a_server_that_cannot_load_the_new_embedder_says_why_and_refuses_to_enro
     """Its model folder lacks B: it keeps serving A, stays ready, reports the problem, and stores nothing
     under a model nobody searches any more."""
     photo = sorted(next(iter(sorted(gallery.iterdir()))).glob("*.jpg"))[0]
+    _record_active(environment, A_TAG)
     with local_client(create_app(Settings(model_dir=model_dir))) as client:
         identity = client.post("/v1/identities", json={"name": "Before Switch"}).json()["id"]
         enroll = {"image": (photo.name, photo.read_bytes(), "image/jpeg")}

@@ -19,8 +19,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # No row is written here: the first start after this records the embedder it serves (FACEBANK_EMBEDDER or
-    # the default), which is the one it served before the upgrade.
+    # No row is written here: the first start after this records the model of the faces the database holds
+    # (FACEBANK_EMBEDDER instead when it is set; the default when there are none): service/active_model.py.
     op.create_table(
         "service_settings",
         sa.Column("key", sa.String(length=64), nullable=False),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.runtime.manifest import Manifest
 
 
 def register(models_commands: Any) -> None:
@@ -25,16 +28,45 @@ def register(models_commands: Any) -> None:
 def _models_prepare(args: argparse.Namespace, settings: Any) -> int:
     from models.export.prepare import PrepareError, prepare_models
     from service.cli.common import EXIT_USAGE, fail
-    from service.runtime.manifest import ManifestError
+    from service.runtime.manifest import ManifestError, load_manifest
 
     if not args.source and not args.download:
         return fail("say where the weights come from: --from DIR or --download", EXIT_USAGE)
     model_dir = args.model_dir or settings.model_dir
     try:
-        prepare_models(model_dir=model_dir, source_dir=args.source, download=args.download, names=args.only)
+        prepared = prepare_models(
+            model_dir=model_dir, source_dir=args.source, download=args.download, names=args.only
+        )
     except PrepareError as exc:
         return fail(str(exc))
     except ManifestError as exc:  # an unknown name in --only
         return fail(str(exc), EXIT_USAGE)
+    if (note := _embedder_note(settings, load_manifest(prepared))) is not None:
+        print(note)
     print(f"models ready in {model_dir}")
     return 0
+
+
+def _embedder_note(settings: Any, prepared: Manifest) -> str | None:
+    """What to know about the embedder a fresh database records (FACEBANK_EMBEDDER): that ``--only`` left it
+    out and what to set instead, or that its weights are non-commercial and what else there is; or None."""
+    from models.licences import non_commercial
+
+    others = [entry.name for entry in prepared.embedders() if entry.name != settings.embedder]
+    if settings.embedder not in prepared.names():
+        choice = f"FACEBANK_EMBEDDER={others[0]}" if others else "an embedder"
+        return (
+            f"note: {settings.embedder}, the embedder a fresh database records (FACEBANK_EMBEDDER), is not "
+            f"prepared: set {choice} before a fresh database's first start; a database that already "
+            "records its embedder keeps it"
+        )
+    if non_commercial(prepared.get(settings.embedder).licence):
+        note = (
+            f"note: {settings.embedder}, the embedder a fresh database records (FACEBANK_EMBEDDER), has "
+            "NON-COMMERCIAL weights (README, Licences)"
+        )
+        usable = [e.name for e in prepared.embedders() if not non_commercial(e.licence)]
+        if usable:
+            note += f"; another choice: FACEBANK_EMBEDDER={usable[0]} before a fresh database's first start"
+        return note
+    return None

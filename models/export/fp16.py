@@ -255,9 +255,7 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return (a64 * b64).sum(axis=1) / np.maximum(norms, 1e-12)
 
 
-def aligned_lfw_faces(
-    model_dir: Path, lfw_dir: Path, count: int = 64, *, embedder: str = "mobilefacenet"
-) -> np.ndarray:
+def aligned_lfw_faces(model_dir: Path, lfw_dir: Path, count: int = 64, *, embedder: str) -> np.ndarray:
     """``count`` LFW photos (one per person, sorted by name) through the service's detector and aligner,
     preprocessed for ``embedder``: real aligned faces for the check, without any cache."""
     from service.config import Settings
@@ -359,9 +357,15 @@ def _smooth_noise(hw: tuple[int, int], count: int = 8) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from service.config import DEFAULT_EMBEDDER
+
     parser = argparse.ArgumentParser(description="Write <embedder>.fp16.onnx next to the prepared fp32 file.")
     parser.add_argument("--model-dir", type=Path, required=True, help="prepared models (manifest.toml)")
-    parser.add_argument("--embedder", default="mobilefacenet", help="embedder name in the prepared manifest")
+    parser.add_argument(
+        "--embedder",
+        default=DEFAULT_EMBEDDER,
+        help=f"embedder name in the prepared manifest (default {DEFAULT_EMBEDDER}, the service's default)",
+    )
     parser.add_argument("--faces-from", type=Path, help="LFW folder: check on real aligned faces")
     parser.add_argument("--faces", type=int, default=256, help="how many real faces (default 256)")
     parser.add_argument(

@@ -122,9 +122,10 @@ def _check_schema(report: _Report, engine: Engine, *, fix: bool) -> bool:
 
 
 def _check_active_embedder(checkup: _Checkup, settings: Settings) -> tuple[str, int] | None:
-    """(tag, dimensions) of the model a server would use: the database's choice, else (fresh) the
-    configured one; None when it cannot be told."""
-    from service.active_model import embedder_set_explicitly
+    """(tag, dimensions) of the model a server would use: the database's choice, else the one its first
+    start records (service/active_model.py: the configured one, or that of the faces it holds unless
+    FACEBANK_EMBEDDER is set); None when it cannot be told."""
+    from service.active_model import embedder_set_explicitly, held_model
     from service.runtime.manifest import PROJECT_MANIFEST, ManifestError, ModelEntry, load_manifest
     from service.storage import service_settings
 
@@ -132,25 +133,32 @@ def _check_active_embedder(checkup: _Checkup, settings: Settings) -> tuple[str, 
     prepared = settings.model_dir / "manifest.toml"
     with checkup.sessions() as session:
         recorded = service_settings.active_embedder(session)
+        held = None if recorded or embedder_set_explicitly(settings) else held_model(session)
     try:
         manifest = load_manifest(prepared if prepared.is_file() else PROJECT_MANIFEST)
         entry: ModelEntry | None = (
             manifest.get(settings.embedder)
-            if recorded is None
-            else next((e for e in manifest.embedders() if e.tag == recorded), None)
+            if recorded is None and held is None
+            else next((e for e in manifest.embedders() if e.tag == (recorded or held)), None)
         )
     except (ManifestError, KeyError, OSError) as exc:
         report.problem(f"cannot tell the active embedder {recorded or settings.embedder!r}: {exc}")
         return None
     if entry is None:
-        report.problem(f"the database's active embedder {recorded} is not in {settings.model_dir}")
+        report.problem(f"the database's active embedder {recorded or held} is not in {settings.model_dir}")
         report.note("prepare or register it there, or switch with `facebank models use NAME`")
         return None
     if entry.embedder is None:
         report.problem(f"{settings.embedder!r} is not an embedder in the manifest")
         return None
     tag, dim = entry.tag, int(entry.embedder.dim)
-    source = "recorded in the database" if recorded else "configured; the first start records it"
+    source = (
+        "recorded in the database"
+        if recorded
+        else "that of its faces; the first start records it"
+        if held
+        else "configured; the first start records it"
+    )
     report.ok(f"active embedder {tag} ({dim} dimensions; {source})")
     if recorded and embedder_set_explicitly(settings) and settings.embedder != entry.name:
         report.problem(f"FACEBANK_EMBEDDER={settings.embedder} disagrees with it: serving will not start")

@@ -66,23 +66,26 @@ def load_for_serving(settings: Settings) -> tuple[LoadedModels | None, str | Non
         configured_tag,
         conflict_message,
         embedder_set_explicitly,
+        seeding_tag,
     )
     from service.index import gpu_unavailable_reason, index_type_refusal
     from service.runtime import ModelLoadError, load_models
     from service.storage import service_settings
 
-    with database(settings) as session:
-        active = service_settings.active_embedder(session)
     try:
-        if active is not None and embedder_set_explicitly(settings):
+        with database(settings) as session:
+            recorded = service_settings.active_embedder(session)
+            # With no choice recorded, what the app will record (an unprepared default refuses here).
+            active = recorded or seeding_tag(settings, session)
+        if recorded is not None and embedder_set_explicitly(settings):
             configured = configured_tag(settings)
-            if configured != active:
-                return None, conflict_message(settings, configured, active)
+            if configured != recorded:
+                return None, conflict_message(settings, configured, recorded)
         if (refusal := index_type_refusal(settings.index_type, settings.device)) is not None:
             return None, refusal
         if settings.device == "cuda" and (reason := gpu_unavailable_reason()) is not None:
             return None, f"FACEBANK_DEVICE=cuda but the vector index cannot use a GPU: {reason}"
-        embedder = available_name(settings, active) if active else settings.embedder
+        embedder = available_name(settings, active)
         models = load_models(
             settings.model_dir,
             detector=settings.detector,

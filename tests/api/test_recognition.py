@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from service.config import DEFAULT_EMBEDDER
 from tests.conftest import LFW
 
 ENROLLED = ["Colin_Powell", "Tony_Blair", "Serena_Williams", "Junichiro_Koizumi", "Hugo_Chavez"]
@@ -48,7 +49,7 @@ def test_enrolled_face_has_the_contract_shape(client: TestClient, enrolled: dict
     (face,) = detail["faces"]
     assert set(face) == {"id", "identity_id", "bbox", "det_score", "model", "image_sha256", "created_at"}
     assert face["image_sha256"] == hashlib.sha256(_photo("Tony_Blair", 1).read_bytes()).hexdigest()
-    assert face["model"].startswith("mobilefacenet@") and face["det_score"] > 0.9
+    assert face["model"].startswith(f"{DEFAULT_EMBEDDER}@") and face["det_score"] > 0.9
     x1, y1, x2, y2 = face["bbox"]
     assert 40 < x1 < x2 < 210 and 40 < y1 < y2 < 230  # LFW faces sit near the centre
 
@@ -91,7 +92,7 @@ def test_an_unenrolled_person_comes_back_unknown(client: TestClient, enrolled: d
     body = client.post("/v1/identify", files=_upload(_photo(STRANGER, 1))).json()
     assert body["faces"], "the stranger's face should still be detected"
     assert all(face["identity"] is None for face in body["faces"])
-    assert body["model"].startswith("mobilefacenet@")
+    assert body["model"].startswith(f"{DEFAULT_EMBEDDER}@")
 
 
 def test_verify_against_an_identity_and_between_two_photos(

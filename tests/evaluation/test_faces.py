@@ -144,7 +144,7 @@ def test_a_new_embedder_key_reuses_the_crops_and_only_re_embeds(tmp_path: Path) 
 
 
 def test_fp16_embeddings_are_cached_apart_from_fp32_ones_while_sharing_the_crops(model_dir: Path) -> None:
-    settings = Settings(model_dir=model_dir, device="cpu")
+    settings = Settings(model_dir=model_dir, embedder="mobilefacenet", device="cpu")
     pipeline, models = build_pipeline(settings)
     entry = load_manifest(model_dir / "manifest.toml").get(settings.embedder)
     assert entry.fp16_onnx_sha256 is not None
@@ -163,7 +163,7 @@ def test_fp16_embeddings_are_cached_apart_from_fp32_ones_while_sharing_the_crops
 
 
 def test_the_fp32_embedding_key_is_the_one_caches_were_written_under(model_dir: Path) -> None:
-    settings = Settings(model_dir=model_dir, device="cpu")
+    settings = Settings(model_dir=model_dir, embedder="mobilefacenet", device="cpu")
     pipeline, models = build_pipeline(settings)
     keys = CacheKeys.for_pipeline(settings, models, pipeline, "central")
     onnx_sha256 = load_manifest(model_dir / "manifest.toml").get(settings.embedder).onnx_sha256

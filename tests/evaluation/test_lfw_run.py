@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from models.evaluation.cli import register
-from service.config import Settings
+from service.config import DEFAULT_EMBEDDER, Settings
 from tests.conftest import LFW, SHARED
 from tests.evaluation._prepared import prepared_model_dir
 
@@ -46,7 +46,7 @@ def test_eval_lfw_with_limit_prints_the_agreed_json_and_caches(
     assert args.handler(args, settings) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) >= KEYS
-    assert report["model"] == "mobilefacenet@1"
+    assert report["model"] == f"{DEFAULT_EMBEDDER}@1"
     assert report["pairs"] == 40 and report["limit"] == 40
     # 40 easy pairs and ~40 probes: the pretrained model should get nearly all of them.
     assert report["verification_accuracy"] >= 0.9

@@ -12,7 +12,7 @@ import pytest
 from models.evaluation.cli import register
 from models.evaluation.lfw import list_images
 from models.evaluation.run_openset import lfw_open_set_split
-from service.config import Settings
+from service.config import DEFAULT_EMBEDDER, Settings
 from service.runtime.manifest import load_manifest
 from tests._ci import skip_or_fail_in_ci
 from tests.conftest import LFW, SHARED, require_shared
@@ -52,7 +52,7 @@ def test_eval_openset_with_limit_takes_thresholds_from_celeba_and_reports_lfw(
     args = _parse([*argv, "--lfw", str(LFW), "--celeba", str(CELEBA)])
     assert args.handler(args, settings) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["model"] == "mobilefacenet@1" and report["limit"] == 120
+    assert report["model"] == f"{DEFAULT_EMBEDDER}@1" and report["limit"] == 120
     lfw, celeba = report["lfw"], report["celeba"]
     for fpir in ("0.01", "0.001"):
         chosen = celeba["pooled_thresholds"][fpir]
@@ -65,7 +65,7 @@ def test_eval_openset_with_limit_takes_thresholds_from_celeba_and_reports_lfw(
         assert len(celeba["trials"]) == 5
     assert sum(t["identities_non_mated"] for t in celeba["trials"]) == celeba["identities"]
     # The service's own cut-off is reported as it is, read from the prepared manifest.
-    service_threshold = load_manifest(model_dir / "manifest.toml").get("mobilefacenet").embedder
+    service_threshold = load_manifest(model_dir / "manifest.toml").get(DEFAULT_EMBEDDER).embedder
     assert service_threshold is not None
     assert lfw["at_manifest_threshold"]["threshold"] == round(service_threshold.threshold, 6)
     assert celeba["at_manifest_threshold"]["threshold"] == round(service_threshold.threshold, 6)

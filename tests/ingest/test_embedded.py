@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFilter
 
-from service.config import Settings
+from service.config import DEFAULT_EMBEDDER, Settings
 from service.storage import repository as repo
 from service.storage.engine import make_engine, make_session_factory
 from service.storage.migrate import upgrade_to_head
@@ -77,7 +77,7 @@ def test_a_folder_is_ingested_with_every_reject_recorded_with_its_reason(
     }
     photos = sum(1 for p in gated_gallery.rglob("*") if p.is_file())
     assert document["totals"] == {"ingested": photos - 5, "skipped": 0, "rejected": 5, "error": 0}
-    assert document["meta"]["model"] == "mobilefacenet@1" and document["meta"]["interrupted"] is False
+    assert document["meta"]["model"] == f"{DEFAULT_EMBEDDER}@1" and document["meta"]["interrupted"] is False
 
     faces = stored_faces(settings.resolved_database_url)
     assert sum(faces.values()) == photos - 5 and set(faces.values()) == {1}

@@ -47,6 +47,22 @@ def test_the_manifest_pins_both_models_with_their_non_commercial_licence() -> No
     assert not non_commercial(project.get("mobilefacenet").licence)
 
 
+def test_prepare_says_the_default_embedder_is_non_commercial_and_names_another_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from models.export.cli import _embedder_note
+    from service.config import Settings
+
+    monkeypatch.delenv("FACEBANK_EMBEDDER", raising=False)
+    project = load_manifest(PROJECT_MANIFEST)
+    assert _embedder_note(Settings(), project) == (
+        "note: edgeface-xs-q, the embedder a fresh database records (FACEBANK_EMBEDDER), has NON-COMMERCIAL "
+        "weights (README, Licences); another choice: FACEBANK_EMBEDDER=mobilefacenet before a fresh "
+        "database's first start"
+    )
+    assert _embedder_note(Settings(embedder="mobilefacenet"), project) is None
+
+
 def test_licence_rule() -> None:
     assert non_commercial("CC-BY-NC-4.0") and non_commercial("weights CC-BY-NC-SA-4.0")
     assert non_commercial("research, non-commercial use")
@@ -183,18 +199,35 @@ def test_models_list_shows_each_models_licence(
 
 @pytest.mark.shared
 def test_prepare_only_some_models_leaves_the_non_commercial_ones_out(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     require_shared()
     from service.cli import main
+    from service.cli.serve import load_for_serving
+    from service.config import Settings
 
     model_dir = tmp_path / "models"
     common = ["models", "prepare", "--from", str(SHARED_MODELS), "--model-dir", str(model_dir)]
+    monkeypatch.delenv("FACEBANK_EMBEDDER", raising=False)
     assert main([*common, "--only", "retinaface-mnet025", "mobilefacenet"]) == 0
     out = capsys.readouterr().out
     assert "NON-COMMERCIAL" not in out
     assert load_manifest(model_dir / "manifest.toml").names() == ["retinaface-mnet025", "mobilefacenet"]
     assert not list(model_dir.glob("edgeface*"))
+    # The default embedder (EdgeFace) is left out: prepare says what a fresh database needs instead ...
+    assert "set FACEBANK_EMBEDDER=mobilefacenet before a fresh database's first start" in out
+    # ... and `serve` on a fresh database refuses in one line naming the same fix, which then works.
+    monkeypatch.setenv("FACEBANK_MODEL_DIR", str(model_dir))
+    monkeypatch.setenv("FACEBANK_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("FACEBANK_DATABASE_URL", raising=False)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: refusing to serve: the default embedder edgeface-xs-q is not prepared")
+    assert err.rstrip().endswith("or on a fresh database set a prepared one: FACEBANK_EMBEDDER=mobilefacenet")
+    monkeypatch.setenv("FACEBANK_EMBEDDER", "mobilefacenet")
+    models, problem = load_for_serving(Settings())
+    assert problem is None and models is not None and models.embedder_tag == "mobilefacenet@1"
     # An unknown name is a usage error naming the known ones, not a traceback.
     assert main([*common, "--only", "edgeface-xl"]) == 2
     assert "unknown model(s) edgeface-xl; known: retinaface-mnet025, mobilefacenet" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from tests.conftest import LFW  # noqa: E402
 
 @pytest.fixture(scope="module")
 def faces(model_dir: Path) -> np.ndarray:
-    return aligned_lfw_faces(model_dir, LFW, 24)
+    return aligned_lfw_faces(model_dir, LFW, 24, embedder="mobilefacenet")
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy.orm import sessionmaker
 
 from service.cli import main as facebank
+from service.runtime.manifest import load_manifest
 from service.security import Scope
 from service.storage import make_engine
 from service.storage import repository as repo
@@ -267,16 +268,19 @@ def test_a_face_written_behind_the_servers_back_is_found_by_the_doctor_and_repai
 ) -> None:
     running, admin = server
     # A writer that bypasses the change log (a direct import in SQL, not through facebank's storage layer)
-    # adds a face: this server's index cannot learn of it by following.
+    # adds a face of the server's model: this server's index cannot learn of it by following.
+    model = httpx.get(f"{running.url}/v1/admin/index", headers={"X-API-Key": admin}).json()["model"]
+    entry = next(e for e in load_manifest(model_dir / "manifest.toml").embedders() if e.tag == model)
+    assert entry.embedder is not None
     engine = make_engine(database_url, pool_size=1, max_overflow=0)
     with sessionmaker(bind=engine)() as session:
         identity = repo.create_identity(session, name="behind the back")
-        vector = np.random.default_rng(3).normal(size=128).astype(np.float32)
+        vector = np.random.default_rng(3).normal(size=entry.embedder.dim).astype(np.float32)
         repo.add_face(
             session,
             identity_id=identity.id,
             embedding=vector / np.linalg.norm(vector),
-            model=httpx.get(f"{running.url}/v1/admin/index", headers={"X-API-Key": admin}).json()["model"],
+            model=model,
             bbox=[0, 0, 1, 1],
             det_score=1.0,
             landmarks=None,

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from service.cli import main as facebank
+from service.config import DEFAULT_EMBEDDER
 from service.runtime.manifest import load_manifest
 from service.storage import make_engine, make_session_factory, upgrade_to_head
 from service.storage import repository as repo
@@ -31,7 +32,7 @@ def database(
     empty_database(database_url)  # the module's database: each test starts from nothing
     monkeypatch.setenv("FACEBANK_DATABASE_URL", database_url)
     monkeypatch.setenv("FACEBANK_MODEL_DIR", str(model_dir))
-    entry = load_manifest(model_dir / "manifest.toml").get("mobilefacenet")
+    entry = load_manifest(model_dir / "manifest.toml").get(DEFAULT_EMBEDDER)
     assert entry.embedder is not None
     tag, dim = entry.tag, entry.embedder.dim
     engine = make_engine(database_url, pool_size=1, max_overflow=0)
@@ -81,12 +82,12 @@ def _count(database_url: str, *conditions: object) -> int:
 def test_doctor_reports_other_models_and_unusable_embeddings_without_changing_anything(
     database: tuple[str, str, dict[str, uuid.UUID]], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    database_url, _, _ = database
+    database_url, tag, _ = database
     assert facebank(["doctor"]) == 1
     out = capsys.readouterr().out
     assert "faces of other models, invisible to search: 2 of oldnet@0" in out
     assert "1 identities have no face of" in out
-    assert "2 faces of mobilefacenet@1 have unusable embeddings" in out
+    assert f"2 faces of {tag} have unusable embeddings" in out
     assert _count(database_url) == 6  # a check changes nothing
 
 

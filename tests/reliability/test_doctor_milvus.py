@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.cli import main as facebank
-from service.config import Settings
+from service.config import DEFAULT_EMBEDDER, Settings
 from service.index.milvus import MilvusStore, MilvusTarget
 from service.runtime.manifest import load_manifest
 from service.storage import make_engine, make_session_factory, upgrade_to_head
@@ -26,7 +26,7 @@ def setup(
     tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[MilvusStore, list[int], str]]:
     """Three faces of the active model in SQL, an empty collection for it; (store, keys, database url)."""
-    entry = load_manifest(model_dir / "manifest.toml").get("mobilefacenet")
+    entry = load_manifest(model_dir / "manifest.toml").get(DEFAULT_EMBEDDER)
     assert entry.embedder is not None
     url = f"sqlite:///{tmp_path / 'd.db'}"
     engine = make_engine(url)

@@ -178,11 +178,12 @@ def test_a_milvus_that_cannot_be_reached_refuses_the_start_in_one_line(
 def test_a_collection_of_another_dimension_refuses_the_start_in_one_line(
     tmp_path: Path, model_dir: Path, milvus: MilvusServer
 ) -> None:
+    from service.config import DEFAULT_EMBEDDER
     from service.index.milvus import MilvusStore
     from service.runtime.manifest import load_manifest
 
     prefix = new_prefix()
-    tag = load_manifest(model_dir / "manifest.toml").get("mobilefacenet").tag
+    tag = load_manifest(model_dir / "manifest.toml").get(DEFAULT_EMBEDDER).tag  # what a fresh database runs
     MilvusStore.connect(milvus.uri, model_tag=tag, dim=64, prefix=prefix)  # made by something else
     done = _serve_once(
         {

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from service.client import Client
+from service.config import DEFAULT_EMBEDDER
+from service.runtime.manifest import load_manifest
 from service.security import Scope
 from tests._live import Person, group_photo, issue_test_key, lfw_people, sqlite_server, sqlite_url
 from tests.reliability._server import Server
@@ -118,9 +120,12 @@ def _blank(path: Path) -> Path:
 
 
 def test_enrol_identify_add_a_face_to_someone_and_delete(
-    server: Server, people: list[Person], browser: Any, screenshots: Path, tmp_path: Path
+    server: Server, model_dir: Path, people: list[Person], browser: Any, screenshots: Path, tmp_path: Path
 ) -> None:
     ada, bob, cyd, dan = people
+    # A fresh database runs the default embedder, with its manifest threshold.
+    default = load_manifest(model_dir / "manifest.toml").get(DEFAULT_EMBEDDER)
+    assert default.embedder is not None
     page = Page(browser, server.url, screenshots)
     page.open()
     page.shot("empty")
@@ -153,7 +158,7 @@ def test_enrol_identify_add_a_face_to_someone_and_delete(
     group = group_photo([ada.photos[2], bob.photos[2], cyd.photos[1], dan.photos[1]], tmp_path / "group.jpg")
     page.drop("#identify-drop", group)
     assert page.identified(4) == [ada.name, bob.name, "unknown", "unknown"]
-    assert "threshold 0.350" in page.text("#identify-status")
+    assert f"threshold {default.embedder.threshold:.3f}, model {default.tag}" in page.text("#identify-status")
     first_card = page.text('.faces > li[data-face="0"]')
     assert ada.name in first_card and "above the threshold" in first_card
     page.shot("identified-group")
@@ -191,7 +196,7 @@ def test_enrol_identify_add_a_face_to_someone_and_delete(
     page.find("#people tbody a").click()
     page.until(lambda: page.text("#person-name") == dan.name, "person page")
     assert len(page.all("#person-faces tbody tr[data-face-id]")) == 1
-    assert "mobilefacenet" in page.text("#person-faces tbody")
+    assert default.tag in page.text("#person-faces tbody")
     page.shot("person-page")
 
     # Add several photos at once: progress and each photo's outcome.
