@@ -76,7 +76,12 @@ def read_weights(path: str | os.PathLike[str], expected: str) -> Mapping[str, ob
     """The mapping a ``.pt``/``.pth`` file holds (tensors, and the tuples and dtypes of quantized layers),
     read without running code from it; :class:`WeightFileError` when it is no readable state dict."""
     try:
-        loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # Why: torch warns about its own deprecated storage and quantized-tensor constructors while
+            # deserialising older files (RetinaFace's, EdgeFace's int8 layers); nothing a user can act on.
+            warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning)
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor", UserWarning)
+            loaded = torch.load(Path(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightFileError(

@@ -125,7 +125,7 @@ def _check_active_embedder(checkup: _Checkup, settings: Settings) -> tuple[str, 
     """(tag, dimensions) of the model a server would use: the database's choice, else the one its first
     start records (service/active_model.py: the configured one, or that of the faces it holds unless
     FACEBANK_EMBEDDER is set); None when it cannot be told."""
-    from service.active_model import embedder_set_explicitly, held_model
+    from service.active_model import embedder_set_explicitly, held_model, unprepared_message
     from service.runtime.manifest import PROJECT_MANIFEST, ManifestError, ModelEntry, load_manifest
     from service.storage import service_settings
 
@@ -136,6 +136,10 @@ def _check_active_embedder(checkup: _Checkup, settings: Settings) -> tuple[str, 
         held = None if recorded or embedder_set_explicitly(settings) else held_model(session)
     try:
         manifest = load_manifest(prepared if prepared.is_file() else PROJECT_MANIFEST)
+        if recorded is None and held is None and settings.embedder not in manifest.names():
+            # The same words serve uses when it refuses to start (service/active_model.py).
+            report.problem(unprepared_message(settings, [e.name for e in manifest.embedders()]))
+            return None
         entry: ModelEntry | None = (
             manifest.get(settings.embedder)
             if recorded is None and held is None

@@ -157,12 +157,17 @@ def ingest_command(args: argparse.Namespace, settings: Settings) -> int:
     stop = StopFlag()
     info: dict[str, Any] = {}
     fatal: str | None = None
+    from service.active_model import EmbedderChoiceError
+    from service.runtime import ModelLoadError
+
     try:
         with stop.installed(console), progress_bar(console, tally, len(scanned.items)):
             info = _run(args, settings, scanned.items, gates, workers, tally, stop)
     except KeyboardInterrupt:
         stop.set()
         fatal = "aborted by a second interrupt; photos not committed yet were dropped (none is half-written)"
+    except (ModelLoadError, EmbedderChoiceError) as exc:
+        fatal = str(exc)  # says what to prepare or set: no class name needed
     except Exception as exc:
         log.debug("ingest failed", exc_info=True)
         fatal = f"{type(exc).__name__}: {exc}"

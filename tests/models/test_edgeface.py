@@ -224,7 +224,18 @@ def test_prepare_only_some_models_leaves_the_non_commercial_ones_out(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("error: refusing to serve: the default embedder edgeface-xs-q is not prepared")
-    assert err.rstrip().endswith("or on a fresh database set a prepared one: FACEBANK_EMBEDDER=mobilefacenet")
+    fix = "or on a fresh database set a prepared one: FACEBANK_EMBEDDER=mobilefacenet"
+    assert err.rstrip().endswith(fix)
+    assert main(["doctor"]) != 0  # doctor and ingest name the same fix
+    assert fix in capsys.readouterr().out
+    photos = tmp_path / "photos" / "Someone"
+    photos.mkdir(parents=True)
+    (photos / "1.jpg").write_bytes((LFW / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes())
+    assert main(["ingest", str(photos.parent)]) != 0
+    printed = capsys.readouterr()
+    out = " ".join((printed.out + printed.err).split())  # rich wraps long lines
+    assert "error: the default embedder edgeface-xs-q is not prepared" in out and fix in out
+    assert "ModelLoadError" not in out
     monkeypatch.setenv("FACEBANK_EMBEDDER", "mobilefacenet")
     models, problem = load_for_serving(Settings())
     assert problem is None and models is not None and models.embedder_tag == "mobilefacenet@1"
