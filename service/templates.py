@@ -67,7 +67,9 @@ def rescored(
     `several_faces`: the candidates known to have more than one face (a store that keeps count says so; the
     others keep the store's score, and SQL is not asked when no candidate has several); None reads every
     candidate's faces. A candidate whose faces were read is scored from SQL alone: a face deleted there no
-    longer counts, and one with no face left is dropped, whatever the store still holds.
+    longer counts, and one with no face left is dropped, whatever the store still holds. One the store counts
+    as single-faced is not read, so until this process applies a change its store's view stands (the
+    follower's lag, as for every search).
     """
     if rule == "best":
         return [row[:k] for row in ranked]

@@ -133,7 +133,7 @@ class MilvusStore:
         self.model_tag = model_tag
         self.dim = dim
         self.name = collection_name(target.prefix, model_tag)
-        self._search_params = {"metric_type": METRIC, "params": SEARCH_PARAMS.get(target.index, {})}
+        self._list_params: dict[str, int] = dict(SEARCH_PARAMS.get(target.index, {}))
 
     @classmethod
     def connect(
@@ -322,9 +322,17 @@ class MilvusStore:
             limit=k,
             output_fields=[IDENTITY],
             group_by_field=IDENTITY,
-            search_params=self._search_params,
+            search_params=self._search_params_for(k),
         )
         return [[(uuid.UUID(hit["entity"][IDENTITY]), float(hit["distance"])) for hit in row] for row in hits]
+
+    def _search_params_for(self, limit: int) -> dict[str, Any]:
+        """The index's search list is at least `limit` (HNSW refuses ef < k; CAGRA itopk_size < k)."""
+        params = dict(self._list_params)
+        for list_size in ("ef", "itopk_size"):
+            if list_size in params:
+                params[list_size] = max(params[list_size], limit)
+        return {"metric_type": METRIC, "params": params}
 
     def ping(self) -> None:
         """Raises VectorStoreUnavailable unless the collection answers."""
