@@ -505,11 +505,9 @@ def _measure(ctx: Context, gallery: Gallery, stores: Sequence[Store]) -> None:
 
 def _match_threshold(ctx: Context) -> float:
     """SCALE_EMBEDDER's match threshold, from the prepared manifest."""
-    from service.runtime.manifest import load_manifest
+    from service.runtime.models import embedder_config, prepared_entry
 
-    config = load_manifest(ctx.settings.model_dir / "manifest.toml").get(SCALE_EMBEDDER).embedder
-    assert config is not None, f"{SCALE_EMBEDDER} is an embedder"
-    return config.threshold
+    return embedder_config(prepared_entry(ctx.settings.model_dir, SCALE_EMBEDDER)).threshold
 
 
 def _real_faces(ctx: Context, cache: Path) -> tuple[FaceModel, tuple[np.ndarray, np.ndarray] | None]:

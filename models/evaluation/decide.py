@@ -46,7 +46,7 @@ from service.config import Settings
 from service.pipeline import l2_normalize
 from service.pipeline.embed import Embedder
 from service.runtime.manifest import load_manifest, sha256_file
-from service.runtime.models import embedder_config
+from service.runtime.models import embedder_config, prepared_entry
 from service.runtime.sessions import create_session
 from service.templates import candidates_for
 
@@ -145,27 +145,46 @@ def fold_of(ids: np.ndarray, folds: int = FOLDS, seed: int = 0) -> np.ndarray:
     return np.array([number[name] for name in ids.tolist()])
 
 
+@dataclass(frozen=True)
+class OpenSetTrials:
+    """Every trial of the identity-disjoint folds, pooled: per mated probe and trial its top score, whether
+    its own identity ranks first, and its identity; per stranger (every row, once) its top score."""
+
+    mated_top: np.ndarray
+    mated_hit: np.ndarray
+    mated_group: np.ndarray
+    stranger_top: np.ndarray
+
+    @classmethod
+    def of(cls, embeddings: np.ndarray, ids: np.ndarray, enrolled: np.ndarray, rule: Rule) -> OpenSetTrials:
+        names, index = np.unique(ids, return_inverse=True)
+        fold = fold_of(ids)
+        mated_top, mated_hit, mated_group, strangers = [], [], [], []
+        for trial in range(FOLDS):
+            inside = fold != trial
+            gallery = enrolled & inside
+            probes = ~enrolled & inside
+            scores = identity_scores(embeddings, embeddings[gallery], index[gallery], len(names), rule)
+            top, arg = scores.max(axis=1), scores.argmax(axis=1)
+            mated_top.append(top[probes])
+            mated_hit.append(arg[probes] == index[probes])
+            mated_group.append(index[probes])
+            strangers.append(top[~inside])
+        return cls(*(np.concatenate(parts) for parts in (mated_top, mated_hit, mated_group, strangers)))
+
+    def found(self, threshold: float) -> np.ndarray:
+        """Per mated probe and trial: its identity ranks first with a score at or above ``threshold``."""
+        return self.mated_hit & (self.mated_top >= threshold)
+
+
 def open_set(
     embeddings: np.ndarray, ids: np.ndarray, enrolled: np.ndarray, rule: Rule, fpir: float = FPIR
 ) -> tuple[Scored, float]:
     """DIR at ``fpir`` over identity-disjoint folds (per mated probe and trial: rank 1 and score ≥ t)."""
-    names, index = np.unique(ids, return_inverse=True)
-    fold = fold_of(ids)
-    mated_top, mated_hit, mated_group, strangers = [], [], [], []
-    for trial in range(FOLDS):
-        inside = fold != trial
-        gallery = enrolled & inside
-        probes = ~enrolled & inside
-        scores = identity_scores(embeddings, embeddings[gallery], index[gallery], len(names), rule)
-        top, arg = scores.max(axis=1), scores.argmax(axis=1)
-        mated_top.append(top[probes])
-        mated_hit.append(arg[probes] == index[probes])
-        mated_group.append(index[probes])
-        strangers.append(top[~inside])
-    threshold = threshold_at_fpir(np.concatenate(strangers), fpir)
-    correct = np.concatenate(mated_hit) & (np.concatenate(mated_top) >= threshold)
-    groups = np.concatenate(mated_group)
-    return Scored(correct, groups, bootstrap_rate(correct, groups)), threshold
+    trials = OpenSetTrials.of(embeddings, ids, enrolled, rule)
+    threshold = threshold_at_fpir(trials.stranger_top, fpir)
+    correct = trials.found(threshold)
+    return Scored(correct, trials.mated_group, bootstrap_rate(correct, trials.mated_group)), threshold
 
 
 def reranked_by_mean(
@@ -200,18 +219,9 @@ def at_threshold(
 ) -> tuple[int, int, int, int]:
     """At a fixed threshold over the open-set folds: (strangers named, strangers, mated probes found first
     with a score at or above it, mated probe trials)."""
-    names, index = np.unique(ids, return_inverse=True)
-    fold = fold_of(ids)
-    named = found = mated = 0
-    for trial in range(FOLDS):
-        inside = fold != trial
-        gallery, probes = enrolled & inside, ~enrolled & inside
-        scores = identity_scores(embeddings, embeddings[gallery], index[gallery], len(names), rule)
-        top, arg = scores.max(axis=1), scores.argmax(axis=1)
-        named += int((top[~inside] >= threshold).sum())
-        found += int(((arg == index) & (top >= threshold))[probes].sum())
-        mated += int(probes.sum())
-    return named, len(ids), found, mated
+    trials = OpenSetTrials.of(embeddings, ids, enrolled, rule)
+    named = int((trials.stranger_top >= threshold).sum())
+    return named, len(trials.stranger_top), int(trials.found(threshold).sum()), len(trials.mated_top)
 
 
 def tar_folds(embeddings: np.ndarray, ids: np.ndarray) -> tuple[float, float, float]:
@@ -323,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"ranking for {differ} of {mated} probes; top score for {strangers_differ} of {strangers} "
                 "strangers"
             )
-        threshold = embedder_config(load_manifest(args.model_dir / "manifest.toml").get(name)).threshold
+        threshold = embedder_config(prepared_entry(args.model_dir, name)).threshold
         for rule in ("best", "mean"):
             named, strangers, found, mated = at_threshold(e, ids, templates, rule, threshold)
             report[f"{name}/templates/{rule}/at_model_threshold"] = {
