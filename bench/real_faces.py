@@ -43,8 +43,11 @@ def embed_folder(
     return embeddings, identities
 
 
-if __name__ == "__main__":  # python -m bench.real_faces ROOT CACHE.npz [MODEL_DIR]
+if __name__ == "__main__":  # python -m bench.real_faces ROOT CACHE.npz EMBEDDER [MODEL_DIR]
     vectors, ids = embed_folder(
-        Path(sys.argv[1]), Path(sys.argv[2]), model_dir=Path(sys.argv[3]) if len(sys.argv) > 3 else None
+        Path(sys.argv[1]),
+        Path(sys.argv[2]),
+        embedder=sys.argv[3],
+        model_dir=Path(sys.argv[4]) if len(sys.argv) > 4 else None,
     )
     print(vectors.shape, len(set(ids.tolist())), "identities")
