@@ -111,9 +111,13 @@ def resolve_embedder(
 def seeding_tag(settings: Settings, session: Session) -> str:
     """The tag a database with no recorded choice records: the configured embedder if set explicitly, else
     the model of most of the faces it already holds, else (a fresh database) the configured default."""
-    if not embedder_set_explicitly(settings) and (held := held_model(session)) is not None:
-        return held
-    return configured_tag(settings)
+    return seeding_held(settings, session) or configured_tag(settings)
+
+
+def seeding_held(settings: Settings, session: Session) -> str | None:
+    """The held model a database with no recorded choice records (`seeding_tag`), or None when the
+    configured embedder decides instead."""
+    return None if embedder_set_explicitly(settings) else held_model(session)
 
 
 def held_model(session: Session) -> str | None:
@@ -156,6 +160,7 @@ __all__ = [
     "held_model",
     "recorded_embedder",
     "resolve_embedder",
+    "seeding_held",
     "seeding_tag",
     "split_tag",
     "unprepared_message",

@@ -9,8 +9,8 @@ the same within half a point, but at FPIR 1 % the mean finds 10.8 points more of
 EdgeFace-XS (1.6 for MobileFaceNet), because by the best face a stranger gets one chance per enrolled photo.
 
 Vector stores hold single faces and rank people by their best face. `rescored` asks them for more people
-than wanted (`candidates_for`), reads those people's faces from SQL, the truth (a face enrolled a moment
-ago counts at once, a deleted one no longer), and ranks them by their templates.
+than wanted (`candidates_for`), reads those people's faces from SQL, the truth, and ranks them by their
+templates (which candidates are read, and so see SQL's latest faces: `rescored`).
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ def _check_active_embedder(checkup: _Checkup, settings: Settings) -> tuple[str, 
     """(tag, dimensions) of the model a server would use: the database's choice, else the one its first
     start records (service/active_model.py: the configured one, or that of the faces it holds unless
     FACEBANK_EMBEDDER is set); None when it cannot be told."""
-    from service.active_model import embedder_set_explicitly, held_model, unprepared_message
+    from service.active_model import embedder_set_explicitly, seeding_held, unprepared_message
     from service.runtime.manifest import PROJECT_MANIFEST, ManifestError, ModelEntry, load_manifest
     from service.storage import service_settings
 
@@ -133,7 +133,7 @@ def _check_active_embedder(checkup: _Checkup, settings: Settings) -> tuple[str, 
     prepared = settings.model_dir / "manifest.toml"
     with checkup.sessions() as session:
         recorded = service_settings.active_embedder(session)
-        held = None if recorded or embedder_set_explicitly(settings) else held_model(session)
+        held = None if recorded else seeding_held(settings, session)
     try:
         manifest = load_manifest(prepared if prepared.is_file() else PROJECT_MANIFEST)
         if recorded is None and held is None and settings.embedder not in manifest.names():
